@@ -1,0 +1,457 @@
+//! Writing a pass into a replica: undo journaling, block writes, checkpoints and
+//! the atomic commit of a recovery point.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::journal::{punch_hole, JournalWriter, HEADER_LEN};
+use super::points::{self, PointMeta};
+use super::{now_unix, write_atomic, PassState, ReplicaLock, ReplicaState, Repository, Retention};
+use crate::digest::{zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS};
+use crate::error::{Result, TransportError};
+use crate::wire::TargetStats;
+
+/// Write this many bytes between checkpoints (acks to the source).
+pub const CHECKPOINT_BYTES: u64 = 256 << 20;
+/// Largest single write to the image.
+const WRITE_RUN: usize = 4 << 20;
+
+/// What to put in one block.
+#[derive(Debug, Clone)]
+pub enum OpKind {
+    /// Make the block a hole.
+    Zero,
+    /// Write the block found at `at` in `buf`.
+    Data {
+        /// Decoded chunk holding the block.
+        buf: Arc<Vec<u8>>,
+        /// Offset of the block in `buf`.
+        at: usize,
+    },
+    /// Copy the block from another block of this replica written earlier in the pass.
+    Copy {
+        /// Source block index.
+        from: u64,
+    },
+}
+
+/// One block update of a pass.
+#[derive(Debug, Clone)]
+pub struct BlockOp {
+    /// Block index.
+    pub block: u64,
+    /// Digest of the new content.
+    pub digest: Digest,
+    /// New content.
+    pub kind: OpKind,
+}
+
+/// Number of 4 KiB blocks of a disk of `size` bytes.
+pub fn blocks_for(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE as u64)
+}
+
+/// Number of 64 KiB groups of a disk of `size` bytes.
+pub fn groups_for(size: u64) -> u64 {
+    blocks_for(size).div_ceil(GROUP_BLOCKS as u64)
+}
+
+pub(crate) fn journal_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join("undo").join(format!("{id:010}.undo"))
+}
+
+pub(crate) fn load_digests(dir: &Path, blocks: u64) -> Result<Vec<Digest>> {
+    let raw = std::fs::read(dir.join("digests.bin"))
+        .map_err(|e| TransportError::io("reading digests", e))?;
+    let mut v: Vec<Digest> = raw
+        .chunks_exact(16)
+        .map(|c| {
+            let mut d = [0u8; 16];
+            d.copy_from_slice(c);
+            Digest(d)
+        })
+        .collect();
+    v.resize(blocks as usize, zero_block());
+    Ok(v)
+}
+
+fn io(ctx: &'static str) -> impl FnOnce(std::io::Error) -> TransportError {
+    move |e| TransportError::io(ctx, e)
+}
+
+/// A pass being written into a replica; holds the replica's lock.
+pub struct PassWriter {
+    repo: Repository,
+    dir: PathBuf,
+    _lock: ReplicaLock,
+    image: File,
+    digests_file: File,
+    digests: Vec<Digest>,
+    journal: JournalWriter,
+    state: ReplicaState,
+    replica_id: u32,
+    dirty: Option<(u64, u64)>,
+    pending_index: Vec<(Digest, u32, u64)>,
+    since_checkpoint: u64,
+}
+
+impl PassWriter {
+    /// Starts a pass of `size` bytes, or resumes the interrupted one.
+    pub fn begin(repo: &Repository, name: &str, size: u64, allow_resize: bool) -> Result<PassWriter> {
+        let (dir, lock) = repo.lock(name, true)?;
+        let mut state = points::recover(repo, &dir, Repository::load_state(&dir)?)?;
+        let image = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("image.raw"))
+            .map_err(io("opening image"))?;
+        let digests_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("digests.bin"))
+            .map_err(io("opening digests"))?;
+        if let Some(p) = state.pass.clone() {
+            if p.size != size {
+                if !allow_resize {
+                    return Err(TransportError::SourceResized {
+                        expected: p.size,
+                        actual: size,
+                        when: "during the interrupted pass",
+                    });
+                }
+                points::rollback_pass(repo, &dir, &mut state, &image)?;
+            }
+        }
+        let replica_id = repo.index().replica_id(name)?;
+        let key = repo.key();
+        let (journal, digests) = match state.pass.clone() {
+            Some(p) => {
+                let (journal, scanned) = JournalWriter::reopen(&journal_path(&dir, p.id), key)?;
+                let mut digests = load_digests(&dir, blocks_for(p.size.max(p.previous_size)))?;
+                for r in scanned.records.iter().filter(|r| r.end > p.journal_len) {
+                    if let Some(d) = digests.get_mut(r.block as usize) {
+                        *d = Digest::UNKNOWN;
+                    }
+                }
+                tracing::info!(replica = name, pass = p.id, group = p.acked_group, "resuming pass");
+                (journal, digests)
+            }
+            None => {
+                if state.last_point.is_some() && size != state.size && !allow_resize {
+                    return Err(TransportError::SourceResized {
+                        expected: state.size,
+                        actual: size,
+                        when: "since the last pass",
+                    });
+                }
+                let id = state.last_point.map_or(1, |p| p + 1);
+                let journal = JournalWriter::create(&journal_path(&dir, id), state.size, key)?;
+                state.pass = Some(PassState {
+                    id,
+                    size,
+                    previous_size: state.size,
+                    started: now_unix(),
+                    acked_group: 0,
+                    journal_len: HEADER_LEN,
+                    stats: TargetStats::default(),
+                });
+                Repository::save_state(&dir, &state)?;
+                let digests = load_digests(&dir, blocks_for(state.size.max(size)))?;
+                (journal, digests)
+            }
+        };
+        let mut w = PassWriter {
+            repo: repo.clone(),
+            dir,
+            _lock: lock,
+            image,
+            digests_file,
+            digests,
+            journal,
+            state,
+            replica_id,
+            dirty: None,
+            pending_index: Vec::new(),
+            since_checkpoint: 0,
+        };
+        w.resize_image(size)?;
+        Ok(w)
+    }
+
+    fn pass_ref(&self) -> &PassState {
+        // begin() always sets the pass; the Option only exists in the state file.
+        self.state.pass.as_ref().expect("pass set by begin")
+    }
+
+    /// The pass in progress.
+    pub fn pass(&self) -> &PassState {
+        self.pass_ref()
+    }
+
+    /// Current digest of every block (UNKNOWN where unsure after a crash).
+    pub fn digests(&self) -> &[Digest] {
+        &self.digests
+    }
+
+    /// Numeric id of the replica in the global index.
+    pub fn replica_id(&self) -> u32 {
+        self.replica_id
+    }
+
+    /// The image file (for reading blocks).
+    pub fn image(&self) -> &File {
+        &self.image
+    }
+
+    fn size(&self) -> u64 {
+        self.pass_ref().size
+    }
+
+    fn read_block(&self, block: u64) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        read_padded(&self.image, &mut buf, block * BLOCK_SIZE as u64)?;
+        Ok(buf)
+    }
+
+    fn resize_image(&mut self, size: u64) -> Result<()> {
+        let cur = self.image.metadata().map_err(io("stat image"))?.len();
+        if size < cur {
+            let first = size / BLOCK_SIZE as u64;
+            for b in first..blocks_for(cur) {
+                if self.digests.get(b as usize) != Some(&zero_block()) {
+                    let data = self.read_block(b)?;
+                    self.journal.append(b, Some(&data));
+                }
+            }
+            self.journal.sync()?;
+            self.image.set_len(size).map_err(io("shrinking image"))?;
+            self.digests.truncate(blocks_for(size) as usize);
+            if size % BLOCK_SIZE as u64 != 0 {
+                let last = blocks_for(size) - 1;
+                let d = Digest::of_block(&self.read_block(last)?);
+                self.set_digest(last, d);
+            }
+        } else if size > cur {
+            self.image.set_len(size).map_err(io("growing image"))?;
+        }
+        if size != cur {
+            self.image.sync_all().map_err(io("syncing image"))?;
+            self.dirty = Some((0, blocks_for(size).saturating_sub(1)));
+        }
+        self.digests.resize(blocks_for(size) as usize, zero_block());
+        Ok(())
+    }
+
+    fn set_digest(&mut self, block: u64, d: Digest) {
+        if let Some(x) = self.digests.get_mut(block as usize) {
+            *x = d;
+        }
+        self.dirty = Some(match self.dirty {
+            Some((a, b)) => (a.min(block), b.max(block)),
+            None => (block, block),
+        });
+    }
+
+    /// Adds a session's statistics to the pass (saved at the next checkpoint).
+    pub fn add_stats(&mut self, s: &TargetStats) {
+        if let Some(p) = self.state.pass.as_mut() {
+            p.stats.unchanged_bytes += s.unchanged_bytes;
+            p.stats.zero_bytes += s.zero_bytes;
+            p.stats.dedup_bytes += s.dedup_bytes;
+            p.stats.received_bytes += s.received_bytes;
+        }
+    }
+
+    /// Applies block updates: journals the old content (fsynced), then writes.
+    pub fn apply(&mut self, ops: &[BlockOp]) -> Result<()> {
+        let nblocks = self.digests.len() as u64;
+        // Content of each op, materialised in order (copies may refer to earlier ops).
+        let mut pos: HashMap<u64, usize> = HashMap::new();
+        let mut owned: Vec<Option<Vec<u8>>> = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            if op.block >= nblocks {
+                return Err(TransportError::Protocol(format!("block {} beyond the disk", op.block)));
+            }
+            let data = match &op.kind {
+                OpKind::Copy { from } => {
+                    let d = match pos.get(from) {
+                        Some(&j) => op_bytes(&ops[j], &owned[j]).map(|b| b.to_vec()),
+                        None => Some(self.read_block(*from)?),
+                    };
+                    let d = d.unwrap_or_else(|| vec![0u8; BLOCK_SIZE]);
+                    if Digest::of_block(&d) != op.digest {
+                        return Err(TransportError::Repository(format!(
+                            "dedup source block {from} changed under the pass"
+                        )));
+                    }
+                    Some(d)
+                }
+                _ => None,
+            };
+            owned.push(data);
+            pos.insert(op.block, i);
+        }
+        for op in ops {
+            let old = self.digests[op.block as usize];
+            if old == zero_block() {
+                self.journal.append(op.block, None);
+            } else {
+                let data = self.read_block(op.block)?;
+                self.journal.append(op.block, Some(&data));
+            }
+        }
+        self.journal.sync()?;
+        let size = self.size();
+        let mut run: Vec<u8> = Vec::with_capacity(WRITE_RUN);
+        let mut run_start = 0u64;
+        let mut hole: Option<(u64, u64)> = None;
+        for (i, op) in ops.iter().enumerate() {
+            match op_bytes(op, &owned[i]) {
+                Some(bytes) => {
+                    if let Some((a, n)) = hole.take() {
+                        self.punch(a, n, size)?;
+                    }
+                    let off = op.block * BLOCK_SIZE as u64;
+                    if !run.is_empty() && (run_start + run.len() as u64 != off || run.len() >= WRITE_RUN) {
+                        self.write_run(&run, run_start, size)?;
+                        run.clear();
+                    }
+                    if run.is_empty() {
+                        run_start = off;
+                    }
+                    run.extend_from_slice(bytes);
+                }
+                None => {
+                    if !run.is_empty() {
+                        self.write_run(&run, run_start, size)?;
+                        run.clear();
+                    }
+                    hole = match hole {
+                        Some((a, n)) if a + n == op.block => Some((a, n + 1)),
+                        Some((a, n)) => {
+                            self.punch(a, n, size)?;
+                            Some((op.block, 1))
+                        }
+                        None => Some((op.block, 1)),
+                    };
+                }
+            }
+        }
+        if !run.is_empty() {
+            self.write_run(&run, run_start, size)?;
+        }
+        if let Some((a, n)) = hole {
+            self.punch(a, n, size)?;
+        }
+        let rid = self.replica_id;
+        for op in ops {
+            self.set_digest(op.block, op.digest);
+            if op.digest != zero_block() {
+                self.pending_index.push((op.digest, rid, op.block));
+            }
+        }
+        self.since_checkpoint += (ops.len() * BLOCK_SIZE) as u64;
+        Ok(())
+    }
+
+    fn write_run(&self, run: &[u8], off: u64, size: u64) -> Result<()> {
+        let len = (run.len() as u64).min(size.saturating_sub(off)) as usize;
+        self.image
+            .write_all_at(&run[..len], off)
+            .map_err(io("writing image"))
+    }
+
+    fn punch(&self, first: u64, n: u64, size: u64) -> Result<()> {
+        let off = first * BLOCK_SIZE as u64;
+        let len = (n * BLOCK_SIZE as u64).min(size.saturating_sub(off));
+        punch_hole(&self.image, off, len)
+    }
+
+    /// True when enough was written since the last checkpoint.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.since_checkpoint >= CHECKPOINT_BYTES
+    }
+
+    /// Makes everything applied so far durable and records that every group below
+    /// `next_group` is done.
+    pub fn checkpoint(&mut self, next_group: u64) -> Result<()> {
+        self.image.sync_data().map_err(io("syncing image"))?;
+        if let Some((a, b)) = self.dirty.take() {
+            let mut bytes = Vec::with_capacity(((b - a + 1) * 16) as usize);
+            for d in &self.digests[a as usize..=(b as usize).min(self.digests.len() - 1)] {
+                bytes.extend_from_slice(&d.0);
+            }
+            self.digests_file
+                .write_all_at(&bytes, a * 16)
+                .map_err(io("writing digests"))?;
+        }
+        self.digests_file
+            .set_len(self.digests.len() as u64 * 16)
+            .map_err(io("resizing digests"))?;
+        self.digests_file.sync_data().map_err(io("syncing digests"))?;
+        if !self.pending_index.is_empty() {
+            self.repo.index().insert(&self.pending_index, false)?;
+            self.pending_index.clear();
+        }
+        let jl = self.journal.len();
+        if let Some(p) = self.state.pass.as_mut() {
+            p.acked_group = next_group;
+            p.journal_len = jl;
+        }
+        Repository::save_state(&self.dir, &self.state)?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// Commits the pass as a recovery point and applies retention.
+    pub fn commit(mut self, retention: &Retention) -> Result<PointMeta> {
+        let size = self.size();
+        let stats = self.pass_ref().stats.clone();
+        self.checkpoint(groups_for(size))?;
+        self.repo.index().insert(&[], true)?;
+        let id = self.pass_ref().id;
+        let meta = PointMeta {
+            id,
+            created: now_unix(),
+            size,
+            stats,
+        };
+        write_atomic(
+            &points::point_path(&self.dir, id),
+            &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+        )?;
+        self.state.size = size;
+        self.state.last_point = Some(id);
+        self.state.pass = None;
+        Repository::save_state(&self.dir, &self.state)?;
+        points::apply_retention_locked(&self.dir, retention)?;
+        Ok(meta)
+    }
+}
+
+fn op_bytes<'a>(op: &'a BlockOp, owned: &'a Option<Vec<u8>>) -> Option<&'a [u8]> {
+    match (&op.kind, owned) {
+        (OpKind::Data { buf, at }, _) => buf.get(*at..*at + BLOCK_SIZE),
+        (_, Some(v)) => Some(v),
+        _ => None,
+    }
+}
+
+/// Reads `buf.len()` bytes at `off`, zero-filling past the end of the file.
+pub(crate) fn read_padded(f: &File, buf: &mut [u8], off: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f
+            .read_at(&mut buf[done..], off + done as u64)
+            .map_err(io("reading image"))?;
+        if n == 0 {
+            buf[done..].fill(0);
+            break;
+        }
+        done += n;
+    }
+    Ok(())
+}
