@@ -96,6 +96,7 @@ pub struct PassWriter {
     dirty: Option<(u64, u64)>,
     pending_index: Vec<(Digest, u32, u64)>,
     since_checkpoint: u64,
+    checkpoint_bytes: u64,
 }
 
 impl PassWriter {
@@ -176,6 +177,7 @@ impl PassWriter {
             dirty: None,
             pending_index: Vec::new(),
             since_checkpoint: 0,
+            checkpoint_bytes: CHECKPOINT_BYTES,
         };
         w.resize_image(size)?;
         Ok(w)
@@ -370,9 +372,14 @@ impl PassWriter {
         punch_hole(&self.image, off, len)
     }
 
+    /// Sets the bytes written between checkpoints.
+    pub fn set_checkpoint_bytes(&mut self, n: u64) {
+        self.checkpoint_bytes = n.max(1);
+    }
+
     /// True when enough was written since the last checkpoint.
     pub fn wants_checkpoint(&self) -> bool {
-        self.since_checkpoint >= CHECKPOINT_BYTES
+        self.since_checkpoint >= self.checkpoint_bytes
     }
 
     /// Makes everything applied so far durable and records that every group below

@@ -1,0 +1,614 @@
+//! The target service: accepts TLS connections, answers load probes, and runs
+//! replication sessions into the repository.
+//!
+//! A session decides per 4 KiB block whether the replica already holds it at the
+//! same position (unchanged), whether it is zero (hole), whether the target already
+//! holds it elsewhere (earlier in the pass, or any replica via the global index,
+//! verified by hashing), and only asks the source for the rest.  Received blocks are
+//! verified against their digests before a writer thread journals and writes them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rayon::prelude::*;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::digest::{zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS};
+use crate::error::{Result, TransportError};
+use crate::events::{Event, EventSink};
+use crate::repo::store::{blocks_for, groups_for, read_padded};
+use crate::repo::{BlockOp, OpKind, PassWriter, PointMeta, Repository, Retention};
+use crate::wire::{
+    self, bitmap, read_msg, write_msg, BeginOk, Committed, Msg, Purpose, TargetStats,
+    Welcome, WireError, PROTOCOL_VERSION,
+};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Configuration of the target service.
+#[derive(Clone)]
+pub struct TargetOptions {
+    /// Repository to store replicas in.
+    pub repo: Repository,
+    /// TLS server configuration.
+    pub tls: Arc<ServerConfig>,
+    /// Retention applied after each commit.
+    pub retention: Retention,
+    /// Raise [`Event::RpoExceeded`] when a replica's last point is older than this.
+    pub rpo_threshold: Option<Duration>,
+    /// How often the RPO is checked.
+    pub rpo_check_every: Duration,
+    /// Event sink.
+    pub events: EventSink,
+    /// Bytes written between checkpoints (each checkpoint is acknowledged).
+    pub checkpoint_bytes: u64,
+}
+
+impl TargetOptions {
+    /// Options with no retention limit and no RPO threshold.
+    pub fn new(repo: Repository, tls: Arc<ServerConfig>) -> TargetOptions {
+        TargetOptions {
+            repo,
+            tls,
+            retention: Retention::default(),
+            rpo_threshold: None,
+            rpo_check_every: Duration::from_secs(60),
+            events: EventSink::default(),
+            checkpoint_bytes: crate::repo::store::CHECKPOINT_BYTES,
+        }
+    }
+}
+
+/// A bound target service.
+pub struct Target {
+    listener: TcpListener,
+    opts: Arc<TargetOptions>,
+    active: Arc<AtomicU32>,
+}
+
+struct ActiveGuard(Arc<AtomicU32>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Target {
+    /// Binds the listening socket.
+    pub async fn bind(addr: &str, opts: TargetOptions) -> Result<Target> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| TransportError::io(format!("binding {addr}"), e))?;
+        Ok(Target {
+            listener,
+            opts: Arc::new(opts),
+            active: Arc::new(AtomicU32::new(0)),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| TransportError::io("reading local address", e))
+    }
+
+    /// Number of running replication sessions (shared counter).
+    pub fn active_sessions(&self) -> Arc<AtomicU32> {
+        self.active.clone()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.opts.tls.clone());
+        if let Some(th) = self.opts.rpo_threshold {
+            tokio::spawn(rpo_watch(self.opts.clone(), th));
+        }
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+            };
+            let opts = self.opts.clone();
+            let active = self.active.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(tcp, acceptor, opts, active).await {
+                    tracing::warn!(%peer, error = %e, "session ended with an error");
+                }
+            });
+        }
+    }
+}
+
+/// Binds `addr` and serves until `shutdown` completes.
+pub async fn serve(
+    addr: &str,
+    opts: TargetOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    Target::bind(addr, opts).await?.run(shutdown).await
+}
+
+async fn rpo_watch(opts: Arc<TargetOptions>, threshold: Duration) {
+    let mut exceeded: HashMap<String, bool> = HashMap::new();
+    loop {
+        match opts.repo.rpo(threshold) {
+            Ok(list) => {
+                for s in list {
+                    let was = exceeded.insert(s.replica.clone(), s.exceeded).unwrap_or(false);
+                    if s.exceeded && !was {
+                        opts.events.emit(Event::RpoExceeded {
+                            replica: s.replica,
+                            age: s.age,
+                            threshold,
+                        });
+                    } else if !s.exceeded && was {
+                        opts.events.emit(Event::RpoRestored {
+                            replica: s.replica,
+                            age: s.age.unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "RPO check failed"),
+        }
+        tokio::time::sleep(opts.rpo_check_every).await;
+    }
+}
+
+async fn handle(
+    tcp: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    opts: Arc<TargetOptions>,
+    active: Arc<AtomicU32>,
+) -> Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| TransportError::Truncated("TLS handshake timed out".into()))?
+        .map_err(|e| TransportError::Tls {
+            peer: peer.clone(),
+            message: e.to_string(),
+        })?;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let hello = match timed_read(&mut rd).await? {
+        Msg::Hello(h) => h,
+        m => return Err(TransportError::Protocol(format!("expected Hello, got {}", m.name()))),
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let e = TransportError::Protocol(format!(
+            "protocol version {} not supported (target speaks {PROTOCOL_VERSION})",
+            hello.version
+        ));
+        send_error(&mut wr, &e).await;
+        return Err(e);
+    }
+    let guard = match hello.purpose {
+        Purpose::Load => None,
+        Purpose::Replicate => {
+            active.fetch_add(1, Ordering::SeqCst);
+            Some(ActiveGuard(active.clone()))
+        }
+    };
+    let load = active.load(Ordering::SeqCst) - u32::from(guard.is_some());
+    write_msg(
+        &mut wr,
+        &Msg::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            active_sessions: load,
+        }),
+    )
+    .await?;
+    if guard.is_none() {
+        let _ = wr.shutdown().await;
+        return Ok(());
+    }
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Msg>();
+    let sender = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            write_msg(&mut wr, &m).await?;
+        }
+        let _ = wr.shutdown().await;
+        Ok::<(), TransportError>(())
+    });
+    let r = session(&mut rd, &opts, out_tx.clone()).await;
+    if let Err(e) = &r {
+        let _ = out_tx.send(Msg::Error(WireError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }));
+    }
+    drop(out_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(10), sender).await;
+    drop(guard);
+    r
+}
+
+async fn send_error<W: AsyncWrite + Unpin>(w: &mut W, e: &TransportError) {
+    let _ = write_msg(
+        w,
+        &Msg::Error(WireError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }),
+    )
+    .await;
+}
+
+async fn timed_read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Msg> {
+    tokio::time::timeout(IDLE_TIMEOUT, read_msg(r))
+        .await
+        .map_err(|_| TransportError::Truncated("peer idle for too long".into()))?
+        .map(|(m, _)| m)
+}
+
+enum WriterCmd {
+    Apply {
+        ops: Vec<BlockOp>,
+        stats: TargetStats,
+        next_group: u64,
+    },
+    Progress(u64),
+    Commit,
+}
+
+fn writer_loop(
+    mut w: PassWriter,
+    mut rx: mpsc::Receiver<WriterCmd>,
+    out: mpsc::UnboundedSender<Msg>,
+    retention: Retention,
+    checkpoint_bytes: u64,
+) -> Result<Option<PointMeta>> {
+    w.set_checkpoint_bytes(checkpoint_bytes);
+    let mut next = w.pass().acked_group;
+    while let Some(cmd) = rx.blocking_recv() {
+        match cmd {
+            WriterCmd::Apply {
+                ops,
+                stats,
+                next_group,
+            } => {
+                w.apply(&ops)?;
+                w.add_stats(&stats);
+                next = next_group;
+                if w.wants_checkpoint() {
+                    w.checkpoint(next)?;
+                    let _ = out.send(Msg::Ack(next));
+                }
+            }
+            WriterCmd::Progress(g) => next = g,
+            WriterCmd::Commit => return w.commit(&retention).map(Some),
+        }
+    }
+    // The session ended without a commit: keep what was applied (resume point).
+    w.checkpoint(next)?;
+    Ok(None)
+}
+
+enum Plan {
+    Ready(OpKind),
+    Need,
+}
+
+struct Session<'a> {
+    opts: &'a TargetOptions,
+    name: String,
+    replica_id: u32,
+    own_image: File,
+    digests: Vec<Digest>,
+    local: HashMap<Digest, u64>,
+    files: HashMap<u32, Option<File>>,
+    nblocks: u64,
+}
+
+impl Session<'_> {
+    /// Reads a block the index says holds `d` and checks it really does.
+    fn fetch_indexed(&mut self, d: Digest, replica: u32, block: u64) -> Option<Arc<Vec<u8>>> {
+        let file = if replica == self.replica_id {
+            Some(&self.own_image)
+        } else {
+            if !self.files.contains_key(&replica) {
+                let f = self
+                    .opts
+                    .repo
+                    .index()
+                    .replica_name(replica)
+                    .ok()
+                    .flatten()
+                    .and_then(|n| self.opts.repo.image_path(&n).ok())
+                    .and_then(|p| File::open(p).ok());
+                self.files.insert(replica, f);
+            }
+            self.files.get(&replica).and_then(|f| f.as_ref())
+        }?;
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        read_padded(file, &mut buf, block * BLOCK_SIZE as u64).ok()?;
+        (Digest::of_block(&buf) == d).then(|| Arc::new(buf))
+    }
+
+    /// Plans a batch of block digests; returns the plan and the need bitmap.
+    fn plan(&mut self, groups: &[u64], bd: &[Digest], stats: &mut TargetStats) -> Result<Vec<(u64, Digest, Plan)>> {
+        let mut plan = Vec::with_capacity(bd.len());
+        let mut lookups = Vec::new();
+        for (gi, g) in groups.iter().enumerate() {
+            for k in 0..GROUP_BLOCKS {
+                let b = g * GROUP_BLOCKS as u64 + k as u64;
+                if b >= self.nblocks {
+                    break;
+                }
+                let d = bd[gi * GROUP_BLOCKS + k];
+                let cur = self.digests[b as usize];
+                if d == cur {
+                    stats.unchanged_bytes += BLOCK_SIZE as u64;
+                    continue;
+                }
+                let p = if d == zero_block() {
+                    stats.zero_bytes += BLOCK_SIZE as u64;
+                    Plan::Ready(OpKind::Zero)
+                } else if let Some(&from) = self.local.get(&d) {
+                    stats.dedup_bytes += BLOCK_SIZE as u64;
+                    Plan::Ready(OpKind::Copy { from })
+                } else {
+                    lookups.push(plan.len());
+                    Plan::Need
+                };
+                self.digests[b as usize] = d;
+                plan.push((b, d, p));
+            }
+        }
+        if !lookups.is_empty() {
+            let keys: Vec<Digest> = lookups.iter().map(|&i| plan[i].1).collect();
+            let hits = self.opts.repo.index().lookup(&keys)?;
+            for (&i, hit) in lookups.iter().zip(hits) {
+                if let Some((r, blk)) = hit {
+                    if let Some(buf) = self.fetch_indexed(plan[i].1, r, blk) {
+                        stats.dedup_bytes += BLOCK_SIZE as u64;
+                        plan[i].2 = Plan::Ready(OpKind::Data { buf, at: 0 });
+                    }
+                }
+            }
+        }
+        for (b, d, p) in &plan {
+            if *d != zero_block() {
+                self.local.entry(*d).or_insert(*b);
+            }
+            if matches!(p, Plan::Need) {
+                // A later block with the same digest in this batch copies this one.
+                self.local.insert(*d, *b);
+            }
+        }
+        // Blocks needed twice in one batch: only the first is requested.
+        let mut first_need: HashMap<Digest, u64> = HashMap::new();
+        for (b, d, p) in plan.iter_mut() {
+            if matches!(p, Plan::Need) {
+                match first_need.get(d) {
+                    Some(&from) => {
+                        stats.dedup_bytes += BLOCK_SIZE as u64;
+                        *p = Plan::Ready(OpKind::Copy { from });
+                    }
+                    None => {
+                        first_need.insert(*d, *b);
+                    }
+                }
+            }
+        }
+        Ok(plan)
+    }
+}
+
+async fn session<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    opts: &TargetOptions,
+    out: mpsc::UnboundedSender<Msg>,
+) -> Result<()> {
+    let begin = match timed_read(rd).await? {
+        Msg::Begin(b) => b,
+        m => return Err(TransportError::Protocol(format!("expected Begin, got {}", m.name()))),
+    };
+    let repo = opts.repo.clone();
+    let (name, size, allow) = (begin.replica.clone(), begin.size, begin.allow_resize);
+    let writer = tokio::task::spawn_blocking(move || PassWriter::begin(&repo, &name, size, allow))
+        .await
+        .map_err(|e| TransportError::Repository(format!("writer task failed: {e}")))??;
+    let pass = writer.pass().clone();
+    let own_image = writer
+        .image()
+        .try_clone()
+        .map_err(|e| TransportError::io("cloning image handle", e))?;
+    let mut s = Session {
+        opts,
+        name: begin.replica.clone(),
+        replica_id: writer.replica_id(),
+        own_image,
+        digests: writer.digests().to_vec(),
+        local: HashMap::new(),
+        files: HashMap::new(),
+        nblocks: blocks_for(size),
+    };
+    let total_groups = groups_for(size);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<WriterCmd>(2);
+    let retention = opts.retention.clone();
+    let wout = out.clone();
+    let cpb = opts.checkpoint_bytes;
+    let mut writer_task =
+        tokio::task::spawn_blocking(move || writer_loop(writer, cmd_rx, wout, retention, cpb));
+    tracing::info!(replica = s.name, pass = pass.id, resume_group = pass.acked_group, size, "pass started");
+    let _ = out.send(Msg::BeginOk(BeginOk {
+        pass: pass.id,
+        resume_group: pass.acked_group,
+    }));
+    let mut next_group = pass.acked_group;
+    let name = s.name.clone();
+    let mut writer_result = None;
+    let (cmd, out2, wt, wr) = (cmd_tx.clone(), out.clone(), &mut writer_task, &mut writer_result);
+    let result: Result<()> = async move {
+        let (cmd_tx, out, writer_task) = (cmd, out2, wt);
+        loop {
+            let msg = tokio::select! {
+                m = timed_read(rd) => m?,
+                r = &mut *writer_task => {
+                    *wr = Some(r);
+                    return Err(TransportError::Repository("writer stopped".into()));
+                }
+            };
+            match msg {
+                Msg::Groups { first, digests: gd } => {
+                    let end = first + gd.len() as u64;
+                    if first < next_group || end > total_groups {
+                        return Err(TransportError::Protocol(format!(
+                            "groups {first}..{end} out of order or beyond the disk ({total_groups} groups)"
+                        )));
+                    }
+                    let mut stats = TargetStats::default();
+                    let need: Vec<u64> = (first..end)
+                        .filter(|&g| {
+                            let a = (g * GROUP_BLOCKS as u64) as usize;
+                            let b = (a + GROUP_BLOCKS).min(s.nblocks as usize);
+                            let same = Digest::of_group(&s.digests[a..b]) == gd[(g - first) as usize];
+                            if same {
+                                stats.unchanged_bytes += ((b - a) * BLOCK_SIZE) as u64;
+                            }
+                            !same
+                        })
+                        .collect();
+                    let bits = bitmap(gd.len(), |i| need.contains(&(first + i as u64)));
+                    let _ = out.send(Msg::NeedGroups(bits));
+                    next_group = end;
+                    if need.is_empty() {
+                        send_cmd(&cmd_tx, WriterCmd::Apply { ops: Vec::new(), stats, next_group }).await?;
+                        continue;
+                    }
+                    let bd = match timed_read(rd).await? {
+                        Msg::Blocks(bd) if bd.len() == need.len() * GROUP_BLOCKS => bd,
+                        m => return Err(TransportError::Protocol(format!("expected {} block digests, got {}", need.len() * GROUP_BLOCKS, m.name()))),
+                    };
+                    let plan = tokio::task::block_in_place(|| s.plan(&need, &bd, &mut stats))?;
+                    let needed: Vec<(u64, Digest)> = plan
+                        .iter()
+                        .filter(|p| matches!(p.2, Plan::Need))
+                        .map(|p| (p.0, p.1))
+                        .collect();
+                    let bits = need_bitmap(&need, bd.len(), &needed);
+                    let _ = out.send(Msg::NeedBlocks(bits));
+                    let mut blocks: Vec<(Arc<Vec<u8>>, usize)> = Vec::new();
+                    if !needed.is_empty() {
+                        let chunks = match timed_read(rd).await? {
+                            Msg::Data(c) => c,
+                            m => return Err(TransportError::Protocol(format!("expected Data, got {}", m.name()))),
+                        };
+                        blocks = tokio::task::block_in_place(|| decode_verify(&chunks, &needed))?;
+                        stats.received_bytes += (needed.len() * BLOCK_SIZE) as u64;
+                    }
+                    let mut it = blocks.into_iter();
+                    let mut ops = Vec::with_capacity(plan.len());
+                    for (block, digest, p) in plan {
+                        let kind = match p {
+                            Plan::Ready(k) => k,
+                            Plan::Need => {
+                                let (buf, at) = it.next().ok_or_else(|| TransportError::Protocol("missing block".into()))?;
+                                OpKind::Data { buf, at }
+                            }
+                        };
+                        ops.push(BlockOp { block, digest, kind });
+                    }
+                    send_cmd(&cmd_tx, WriterCmd::Apply { ops, stats, next_group }).await?;
+                }
+                Msg::Finish(f) => {
+                    if f.size != size {
+                        return Err(TransportError::SourceResized {
+                            expected: size,
+                            actual: f.size,
+                            when: "during the pass",
+                        });
+                    }
+                    send_cmd(&cmd_tx, WriterCmd::Progress(total_groups)).await?;
+                    send_cmd(&cmd_tx, WriterCmd::Commit).await?;
+                    return Ok(());
+                }
+                m => return Err(TransportError::Protocol(format!("unexpected {}", m.name()))),
+            }
+        }
+    }
+    .await;
+    drop(cmd_tx);
+    let written = match writer_result {
+        Some(r) => r,
+        None => writer_task.await,
+    }
+    .map_err(|e| TransportError::Repository(format!("writer task failed: {e}")));
+    match (result, written) {
+        // A writer failure (full disk, I/O) is the root cause of whatever the session saw.
+        (_, Ok(Err(e))) => Err(e),
+        (Ok(()), Ok(Ok(Some(meta)))) => {
+            tracing::info!(replica = name, point = meta.id, "pass committed");
+            opts.events.emit(Event::Committed { replica: name, point: meta.id });
+            let _ = out.send(Msg::Committed(Committed { point: meta.id, stats: meta.stats }));
+            Ok(())
+        }
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(Ok(None))) => Err(TransportError::Repository("pass ended without commit".into())),
+    }
+}
+
+/// Bit i set when block i of a Blocks message (16 per needed group) is requested.
+fn need_bitmap(groups: &[u64], n: usize, needed: &[(u64, Digest)]) -> Vec<u8> {
+    let want: std::collections::HashSet<u64> = needed.iter().map(|x| x.0).collect();
+    bitmap(n, |i| {
+        want.contains(&(groups[i / GROUP_BLOCKS] * GROUP_BLOCKS as u64 + (i % GROUP_BLOCKS) as u64))
+    })
+}
+
+async fn send_cmd(tx: &mpsc::Sender<WriterCmd>, cmd: WriterCmd) -> Result<()> {
+    tx.send(cmd)
+        .await
+        .map_err(|_| TransportError::Repository("writer stopped".into()))
+}
+
+/// Decodes data chunks and checks every block against its expected digest.
+fn decode_verify(chunks: &[wire::Chunk], needed: &[(u64, Digest)]) -> Result<Vec<(Arc<Vec<u8>>, usize)>> {
+    let total: usize = chunks.iter().map(|c| c.raw_len as usize / BLOCK_SIZE).sum();
+    if total != needed.len() {
+        return Err(TransportError::Protocol(format!(
+            "received {total} blocks, expected {}",
+            needed.len()
+        )));
+    }
+    let decoded: Vec<Arc<Vec<u8>>> = chunks
+        .par_iter()
+        .map(|c| c.decode().map(Arc::new))
+        .collect::<Result<_>>()?;
+    let mut out = Vec::with_capacity(needed.len());
+    for buf in &decoded {
+        for at in (0..buf.len()).step_by(BLOCK_SIZE) {
+            out.push((buf.clone(), at));
+        }
+    }
+    out.par_iter()
+        .zip(needed.par_iter())
+        .try_for_each(|((buf, at), (block, d))| {
+            if Digest::of_block(&buf[*at..*at + BLOCK_SIZE]) == *d {
+                Ok(())
+            } else {
+                Err(TransportError::DigestMismatch { block: *block })
+            }
+        })?;
+    Ok(out)
+}
