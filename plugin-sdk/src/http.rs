@@ -271,6 +271,12 @@ mod transport {
     pub(super) fn send(req: Request) -> Result<Response> {
         let parts = split_url(&req.url)?;
         let headers = Fields::new();
+        // A known length spares servers a chunked body (some old APIs refuse one).
+        if !req.body.is_empty() && !req.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+            headers
+                .append("content-length", req.body.len().to_string().as_bytes())
+                .map_err(|e| super::invalid_input("headers", format!("content-length: {e:?}")))?;
+        }
         for (name, value) in &req.headers {
             headers
                 .append(name, value.as_bytes())

@@ -5,7 +5,7 @@
 //! /usr/bin, in 4 MiB stripes.  Size: `HAVEN_BENCH_SIZE_MB` (default 2048).  Work
 //! directory: `HAVEN_BENCH_DIR` (default /var/tmp/haven-bench, removed at the end).
 //! Haven runs through the real TCP + TLS path on loopback, the target writing and
-//! fsyncing its replica.
+//! fsyncing its replica.  `HAVEN_BENCH_ONLY_HAVEN=1` skips the other tools.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -100,6 +100,7 @@ fn scatter(path: &Path, data: &mut [u8], fraction: f64, len: usize, seed: u64) -
     let slots = data.len() / len;
     let n = (data.len() as f64 * fraction / len as f64) as usize;
     let mut used = vec![false; slots];
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     let mut done = 0;
     while done < n {
         let s = (rng.next() % slots as u64) as usize;
@@ -108,9 +109,9 @@ fn scatter(path: &Path, data: &mut [u8], fraction: f64, len: usize, seed: u64) -
         }
         used[s] = true;
         rng.fill(&mut data[s * len..(s + 1) * len]);
+        std::os::unix::fs::FileExt::write_all_at(&f, &data[s * len..(s + 1) * len], (s * len) as u64).unwrap();
         done += 1;
     }
-    std::fs::write(path, &*data).unwrap();
     (n * len) as u64
 }
 
@@ -126,6 +127,9 @@ fn du(p: &Path) -> u64 {
 }
 
 fn have(tool: &str) -> bool {
+    if std::env::var_os("HAVEN_BENCH_ONLY_HAVEN").is_some() {
+        return false;
+    }
     Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {tool} >/dev/null"))
@@ -212,7 +216,7 @@ impl Others {
         let dst = self.dir.join("rsync-dst");
         std::fs::create_dir_all(&dst).ok()?;
         let (s, text) = sh(Command::new("rsync")
-            .args(["--inplace", "--no-whole-file", "--stats", "-e"])
+            .args(["--inplace", "--no-whole-file", "--ignore-times", "--stats", "-e"])
             .arg(&self.rsh)
             .arg(img)
             .arg(format!("localhost:{}/disk.raw", dst.display())));
@@ -312,6 +316,7 @@ fn main() {
     let img2 = work.join("disk2.raw");
     let mut data2 = data.clone();
     drop(data);
+    std::fs::copy(&img, &img2).unwrap();
     let ch = scatter(&img2, &mut data2, 0.20, 65536, 13);
     drop(data2);
     changed.push((case, ch));
