@@ -320,28 +320,24 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    /// Reads a block the index says holds `d` and checks it really does.
-    fn fetch_indexed(&mut self, d: Digest, replica: u32, block: u64) -> Option<Arc<Vec<u8>>> {
-        let file = if replica == self.replica_id {
-            Some(&self.own_image)
-        } else {
-            if !self.files.contains_key(&replica) {
-                let f = self
-                    .opts
-                    .repo
-                    .index()
-                    .replica_name(replica)
-                    .ok()
-                    .flatten()
-                    .and_then(|n| self.opts.repo.image_path(&n).ok())
-                    .and_then(|p| File::open(p).ok());
-                self.files.insert(replica, f);
-            }
-            self.files.get(&replica).and_then(|f| f.as_ref())
-        }?;
-        let mut buf = vec![0u8; BLOCK_SIZE];
-        read_padded(file, &mut buf, block * BLOCK_SIZE as u64).ok()?;
-        (Digest::of_block(&buf) == d).then(|| Arc::new(buf))
+    /// The image of a replica id (own image for our id), opened once.
+    fn file_of(&mut self, replica: u32) -> Option<File> {
+        if replica == self.replica_id {
+            return self.own_image.try_clone().ok();
+        }
+        if !self.files.contains_key(&replica) {
+            let f = self
+                .opts
+                .repo
+                .index()
+                .replica_name(replica)
+                .ok()
+                .flatten()
+                .and_then(|n| self.opts.repo.image_path(&n).ok())
+                .and_then(|p| File::open(p).ok());
+            self.files.insert(replica, f);
+        }
+        self.files.get(&replica).and_then(|f| f.as_ref()?.try_clone().ok())
     }
 
     /// Plans a batch of block digests; returns the plan and the need bitmap.
@@ -377,12 +373,30 @@ impl Session<'_> {
         if !lookups.is_empty() {
             let keys: Vec<Digest> = lookups.iter().map(|&i| plan[i].1).collect();
             let hits = self.opts.repo.index().lookup(&keys)?;
+            // Candidates: (plan index, digest, file, block); read and verified in parallel.
+            let mut cands = Vec::new();
             for (&i, hit) in lookups.iter().zip(hits) {
                 if let Some((r, blk)) = hit {
-                    if let Some(buf) = self.fetch_indexed(plan[i].1, r, blk) {
-                        stats.dedup_bytes += BLOCK_SIZE as u64;
-                        plan[i].2 = Plan::Ready(OpKind::Data { buf, at: 0 });
+                    if let Some(f) = self.file_of(r) {
+                        cands.push((i, plan[i].1, f, blk));
                     }
+                }
+            }
+            let found: Vec<(usize, Option<Arc<Vec<u8>>>)> = crate::repo::store::io_pool().install(|| {
+                cands
+                    .par_iter()
+                    .map(|(i, d, f, blk)| {
+                        let mut buf = vec![0u8; BLOCK_SIZE];
+                        let ok = read_padded(f, &mut buf, blk * BLOCK_SIZE as u64).is_ok()
+                            && Digest::of_block(&buf) == *d;
+                        (*i, ok.then(|| Arc::new(buf)))
+                    })
+                    .collect()
+            });
+            for (i, buf) in found {
+                if let Some(buf) = buf {
+                    stats.dedup_bytes += BLOCK_SIZE as u64;
+                    plan[i].2 = Plan::Ready(OpKind::Data { buf, at: 0 });
                 }
             }
         }

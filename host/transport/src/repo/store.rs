@@ -49,6 +49,47 @@ pub struct BlockOp {
     pub kind: OpKind,
 }
 
+/// A pool for blocking reads: random 4 KiB reads of a replica not in the page cache
+/// are latency-bound, so many run at once.
+pub fn io_pool() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .thread_name(|i| format!("haven-io-{i}"))
+            .build()
+            .unwrap_or_else(|_| rayon::ThreadPoolBuilder::new().build().expect("rayon pool"))
+    })
+}
+
+/// Reads blocks (sorted, distinct) in parallel, coalescing contiguous ones; returns
+/// a map from block to (buffer, offset).
+pub(crate) fn read_blocks(file: &File, blocks: &[u64]) -> Result<HashMap<u64, (Arc<Vec<u8>>, usize)>> {
+    use rayon::prelude::*;
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for &b in blocks {
+        match runs.last_mut() {
+            Some((first, n)) if *first + *n as u64 == b && *n < 256 => *n += 1,
+            _ => runs.push((b, 1)),
+        }
+    }
+    let bufs: Vec<Arc<Vec<u8>>> = io_pool().install(|| {
+        runs.par_iter()
+            .map(|&(b, n)| {
+                let mut buf = vec![0u8; n * BLOCK_SIZE];
+                read_padded(file, &mut buf, b * BLOCK_SIZE as u64).map(|()| Arc::new(buf))
+            })
+            .collect::<Result<_>>()
+    })?;
+    let mut map = HashMap::with_capacity(blocks.len());
+    for ((b, n), buf) in runs.into_iter().zip(bufs) {
+        for k in 0..n {
+            map.insert(b + k as u64, (buf.clone(), k * BLOCK_SIZE));
+        }
+    }
+    Ok(map)
+}
+
 /// Number of 4 KiB blocks of a disk of `size` bytes.
 pub fn blocks_for(size: u64) -> u64 {
     size.div_ceil(BLOCK_SIZE as u64)
@@ -316,13 +357,17 @@ impl PassWriter {
             owned.push(data);
             pos.insert(op.block, i);
         }
+        let mut old_blocks: Vec<u64> = ops
+            .iter()
+            .filter(|op| self.digests[op.block as usize] != zero_block())
+            .map(|op| op.block)
+            .collect();
+        old_blocks.sort_unstable();
+        let old = read_blocks(&self.image, &old_blocks)?;
         for op in ops {
-            let old = self.digests[op.block as usize];
-            if old == zero_block() {
-                self.journal.append(op.block, None);
-            } else {
-                let data = self.read_block(op.block)?;
-                self.journal.append(op.block, Some(&data));
+            match old.get(&op.block) {
+                Some((buf, at)) => self.journal.append(op.block, Some(&buf[*at..*at + BLOCK_SIZE])),
+                None => self.journal.append(op.block, None),
             }
         }
         self.journal.sync()?;

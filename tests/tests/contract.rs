@@ -1,0 +1,47 @@
+//! The WIT contract's versioning rules: released versions are frozen, and the
+//! host supports exactly the versions that have a frozen directory.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// Same algorithm as `scripts/wit-hash.sh`.
+fn hash_dir(dir: &Path) -> String {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "wit") {
+                files.push(format!("./{}", path.strip_prefix(dir).unwrap().display()));
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    for f in files {
+        hasher.update(format!("{f}\n"));
+        hasher.update(std::fs::read(dir.join(&f)).unwrap());
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[test]
+fn contract_versions_are_frozen() {
+    let wit = haven_tests::repo_root().join("wit");
+    let released = std::fs::read_to_string(wit.join("released.sha256")).unwrap();
+    let mut versions = Vec::new();
+    for line in released.lines().filter(|l| !l.trim().is_empty()) {
+        let (hash, dir) = line.split_once("  ").expect("`<sha256>  <dir>` lines");
+        assert_eq!(
+            hash_dir(&wit.join(dir)),
+            hash,
+            "wit/{dir} was released and must not change; put changes in a new version (see wit/README.md)"
+        );
+        versions.push(dir.trim_start_matches("since_v").to_owned());
+    }
+    let supported: Vec<String> = haven_plugin_runtime::manifest::SUPPORTED_WIT.iter().map(|v| v.to_string()).collect();
+    assert_eq!(supported, versions, "every supported version has a frozen directory, and only those");
+}
