@@ -268,7 +268,7 @@ impl Runtime {
     async fn instantiate(&self, slot: &Slot) -> Result<Live> {
         let state = HostState::new(slot.resolved.clone(), &slot.data_dir, slot.kv.clone(), self.events.clone())?;
         let mut store = Store::new(self.engine.engine(), state);
-        store.limiter(|s| &mut s.limiter);
+        store.limiter(|s| s.limiter());
         store.epoch_deadline_trap();
         let timeout = Duration::from_millis(slot.resolved.limits.call_timeout_ms);
         arm(&mut store, "instantiate", timeout);

@@ -98,6 +98,11 @@ impl HostState {
         })
     }
 
+    /// The memory limiter, for `Store::limiter`.
+    pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limiter
+    }
+
     /// Marks the start of a call: its name and its deadline.
     pub(crate) fn begin_call(&mut self, function: &str, deadline: Instant) {
         self.function.clear();

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::digest::{zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS};
 use crate::error::{Result, TransportError};
 use crate::events::{Event, EventSink};
-use crate::repo::store::{blocks_for, groups_for, read_padded};
+use crate::repo::store::{blocks_for, groups_for, read_blocks};
 use crate::repo::{BlockOp, OpKind, PassWriter, PointMeta, Repository, Retention};
 use crate::wire::{
     self, bitmap, read_msg, write_msg, BeginOk, Committed, Msg, Purpose, TargetStats,
@@ -373,26 +373,33 @@ impl Session<'_> {
         if !lookups.is_empty() {
             let keys: Vec<Digest> = lookups.iter().map(|&i| plan[i].1).collect();
             let hits = self.opts.repo.index().lookup(&keys)?;
-            // Candidates: (plan index, digest, file, block); read and verified in parallel.
-            let mut cands = Vec::new();
+            // Candidates grouped by replica; each group is read with coalesced,
+            // parallel reads, then every block is verified against its digest.
+            let mut by_replica: HashMap<u32, Vec<(u64, usize)>> = HashMap::new();
             for (&i, hit) in lookups.iter().zip(hits) {
                 if let Some((r, blk)) = hit {
-                    if let Some(f) = self.file_of(r) {
-                        cands.push((i, plan[i].1, f, blk));
-                    }
+                    by_replica.entry(r).or_default().push((blk, i));
                 }
             }
-            let found: Vec<(usize, Option<Arc<Vec<u8>>>)> = crate::repo::store::io_pool().install(|| {
-                cands
+            let mut found: Vec<(usize, Option<Arc<Vec<u8>>>)> = Vec::new();
+            for (r, mut cands) in by_replica {
+                let Some(f) = self.file_of(r) else { continue };
+                cands.sort_unstable();
+                cands.dedup_by_key(|c| c.0);
+                let blocks: Vec<u64> = cands.iter().map(|c| c.0).collect();
+                let Ok(data) = read_blocks(&f, &blocks) else { continue };
+                let checked: Vec<(usize, Option<Arc<Vec<u8>>>)> = cands
                     .par_iter()
-                    .map(|(i, d, f, blk)| {
-                        let mut buf = vec![0u8; BLOCK_SIZE];
-                        let ok = read_padded(f, &mut buf, blk * BLOCK_SIZE as u64).is_ok()
-                            && Digest::of_block(&buf) == *d;
-                        (*i, ok.then(|| Arc::new(buf)))
+                    .map(|&(blk, i)| {
+                        let buf = data.get(&blk).and_then(|(buf, at)| {
+                            let b = &buf[*at..*at + BLOCK_SIZE];
+                            (Digest::of_block(b) == plan[i].1).then(|| Arc::new(b.to_vec()))
+                        });
+                        (i, buf)
                     })
-                    .collect()
-            });
+                    .collect();
+                found.extend(checked);
+            }
             for (i, buf) in found {
                 if let Some(buf) = buf {
                     stats.dedup_bytes += BLOCK_SIZE as u64;

@@ -16,6 +16,8 @@ use crate::wire::TargetStats;
 
 /// Write this many bytes between checkpoints (acks to the source).
 pub const CHECKPOINT_BYTES: u64 = 256 << 20;
+/// Smallest write sent with O_DIRECT.
+const DIRECT_MIN: usize = 256 << 10;
 /// Largest single write to the image.
 const WRITE_RUN: usize = 4 << 20;
 
@@ -430,7 +432,8 @@ impl PassWriter {
     fn write_run(&mut self, run_len: usize, off: u64, size: u64) -> Result<()> {
         let len = (run_len as u64).min(size.saturating_sub(off)) as usize;
         let run = &self.stage[self.stage_at..self.stage_at + len];
-        if len % BLOCK_SIZE == 0 {
+        // Only large runs go direct: a small O_DIRECT write waits for the disk.
+        if len % BLOCK_SIZE == 0 && len >= DIRECT_MIN {
             if let Some(d) = &self.direct {
                 match d.write_all_at(run, off) {
                     Ok(()) => return Ok(()),
