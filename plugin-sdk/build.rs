@@ -30,9 +30,18 @@ const SHARED: &[(&str, &str)] = &[
     ("haven:host/secrets@0.1.0", "haven::host::secrets"),
     ("haven:host/kv@0.1.0", "haven::host::kv"),
     ("haven:connector/types@0.1.0", "haven::connector::types"),
-    ("haven:connector/vm-types@0.1.0", "haven::connector::vm_types"),
-    ("haven:connector/disk-types@0.1.0", "haven::connector::disk_types"),
-    ("haven:connector/storage-types@0.1.0", "haven::connector::storage_types"),
+    (
+        "haven:connector/vm-types@0.1.0",
+        "haven::connector::vm_types",
+    ),
+    (
+        "haven:connector/disk-types@0.1.0",
+        "haven::connector::disk_types",
+    ),
+    (
+        "haven:connector/storage-types@0.1.0",
+        "haven::connector::storage_types",
+    ),
 ];
 
 /// (module, world) of every world of the contract.
@@ -92,9 +101,7 @@ fn world_opts(wit: &Path, world: &str, module: &str) -> Opts {
             .collect(),
         pub_export_macro: true,
         export_macro_name: Some(format!("__export_{module}_world")),
-        default_bindings_module: Some(format!(
-            "::haven_plugin_sdk::__private::worlds::{module}"
-        )),
+        default_bindings_module: Some(format!("::haven_plugin_sdk::__private::worlds::{module}")),
         runtime_path: Some(RUNTIME.into()),
         ..Opts::default()
     }
@@ -108,7 +115,9 @@ fn load(
     let mut resolve = Resolve::default();
     let (pkg, _) = resolve.push_path(wit).expect("the WIT contract parses");
     let main = match inline {
-        Some(text) => resolve.push_str("sdk.wit", text).expect("the SDK world parses"),
+        Some(text) => resolve
+            .push_str("sdk.wit", text)
+            .expect("the SDK world parses"),
         None => pkg,
     };
     let id = resolve

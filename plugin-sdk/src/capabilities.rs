@@ -284,7 +284,12 @@ macro_rules! __export_world {
 #[macro_export]
 macro_rules! export_inventory_connector {
     ($t:ty) => {
-        $crate::__export_world!($t, inventory, __export_inventory_world, [connector, inventory]);
+        $crate::__export_world!(
+            $t,
+            inventory,
+            __export_inventory_world,
+            [connector, inventory]
+        );
     };
 }
 
@@ -298,7 +303,14 @@ macro_rules! export_compute_connector {
             $t,
             compute,
             __export_compute_world,
-            [connector, inventory, jobs, compute, vm_snapshots, disk_access]
+            [
+                connector,
+                inventory,
+                jobs,
+                compute,
+                vm_snapshots,
+                disk_access
+            ]
         );
     };
 }

@@ -260,10 +260,14 @@ fn serve(
     routes: &Mutex<Vec<(String, String, Handler)>>,
     requests: &Mutex<Vec<RecordedRequest>>,
 ) {
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream);
     loop {
-        let Some(request) = read_request(&mut reader) else { return };
+        let Some(request) = read_request(&mut reader) else {
+            return;
+        };
         requests.lock().unwrap().push(request.clone());
         let path = request.path.split('?').next().unwrap_or("");
         let handler = routes
@@ -277,7 +281,11 @@ fn serve(
             Some(h) => h(&request),
             None => Reply::text(404, "no such route in the fake server"),
         };
-        let mut head = format!("HTTP/1.1 {} X\r\ncontent-length: {}\r\n", reply.status, reply.body.len());
+        let mut head = format!(
+            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
+            reply.status,
+            reply.body.len()
+        );
         for (n, v) in &reply.headers {
             head.push_str(&format!("{n}: {v}\r\n"));
         }

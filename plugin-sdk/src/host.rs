@@ -7,8 +7,8 @@
 use crate::error::invalid_input;
 use crate::Result;
 
-pub use crate::bindings::base::haven::host::log::Level;
 pub use crate::bindings::base::haven::host::kv::KvError;
+pub use crate::bindings::base::haven::host::log::Level;
 
 #[cfg(target_arch = "wasm32")]
 use crate::bindings::base::haven::host as imports;

@@ -223,7 +223,10 @@ pub(crate) fn split_url(url: &str) -> Result<UrlParts<'_>> {
     } else if let Some(rest) = url.strip_prefix("http://") {
         (false, rest)
     } else {
-        return Err(invalid_input("url", format!("{url:?} is not an http:// or https:// URL")));
+        return Err(invalid_input(
+            "url",
+            format!("{url:?} is not an http:// or https:// URL"),
+        ));
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
@@ -272,7 +275,12 @@ mod transport {
         let parts = split_url(&req.url)?;
         let headers = Fields::new();
         // A known length spares servers a chunked body (some old APIs refuse one).
-        if !req.body.is_empty() && !req.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-length")) {
+        if !req.body.is_empty()
+            && !req
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        {
             headers
                 .append("content-length", req.body.len().to_string().as_bytes())
                 .map_err(|e| super::invalid_input("headers", format!("content-length: {e:?}")))?;
@@ -293,9 +301,17 @@ mod transport {
         };
         let bad = |what: &str| other(format!("cannot build request to {}: {what}", req.url));
         outgoing.set_method(&method).map_err(|_| bad("method"))?;
-        let scheme = if parts.https { Scheme::Https } else { Scheme::Http };
-        outgoing.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-        outgoing.set_authority(Some(parts.authority)).map_err(|_| bad("authority"))?;
+        let scheme = if parts.https {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        outgoing
+            .set_scheme(Some(&scheme))
+            .map_err(|_| bad("scheme"))?;
+        outgoing
+            .set_authority(Some(parts.authority))
+            .map_err(|_| bad("authority"))?;
         outgoing
             .set_path_with_query(Some(parts.path_and_query))
             .map_err(|_| bad("path"))?;
@@ -316,8 +332,8 @@ mod transport {
         let _ = options.set_connect_timeout(Some(nanos));
         let _ = options.set_first_byte_timeout(Some(nanos));
         let _ = options.set_between_bytes_timeout(Some(nanos));
-        let future =
-            outgoing_handler::handle(outgoing, Some(options)).map_err(|e| error_code(&req.url, e))?;
+        let future = outgoing_handler::handle(outgoing, Some(options))
+            .map_err(|e| error_code(&req.url, e))?;
         future.subscribe().block();
         let incoming = future
             .get()
@@ -330,10 +346,19 @@ mod transport {
             .headers()
             .entries()
             .into_iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
             .collect();
-        let body = incoming.consume().map_err(|()| other("response body already taken"))?;
-        let stream = body.stream().map_err(|()| other("response body stream already taken"))?;
+        let body = incoming
+            .consume()
+            .map_err(|()| other("response body already taken"))?;
+        let stream = body
+            .stream()
+            .map_err(|()| other("response body stream already taken"))?;
         let mut bytes = Vec::new();
         loop {
             match stream.blocking_read(64 * 1024) {
@@ -400,7 +425,12 @@ mod transport {
         let headers = response
             .headers()
             .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let mut body = Vec::new();
         response
@@ -450,8 +480,14 @@ mod tests {
             headers,
             body: b"nope".to_vec(),
         };
-        assert!(matches!(resp(401, vec![]).error_for_status(), Err(crate::Error::Auth(_))));
-        assert!(matches!(resp(404, vec![]).error_for_status(), Err(crate::Error::NotFound(_))));
+        assert!(matches!(
+            resp(401, vec![]).error_for_status(),
+            Err(crate::Error::Auth(_))
+        ));
+        assert!(matches!(
+            resp(404, vec![]).error_for_status(),
+            Err(crate::Error::NotFound(_))
+        ));
         match resp(503, vec![("retry-after".into(), "7".into())]).error_for_status() {
             Err(crate::Error::Transient(t)) => assert_eq!(t.retry_after_ms, Some(7000)),
             other => panic!("{other:?}"),

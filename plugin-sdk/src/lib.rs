@@ -36,8 +36,8 @@ pub use error::Error;
 /// The data types of the contract, from `haven:connector@0.1.0`.
 pub mod types {
     pub use crate::bindings::base::haven::connector::disk_types::{
-        AzureBlobLocation, Changes, Credential, DiskDescriptor, DiskLocation, FileLocation,
-        Header, HttpsLocation, NbdLocation,
+        AzureBlobLocation, Changes, Credential, DiskDescriptor, DiskLocation, FileLocation, Header,
+        HttpsLocation, NbdLocation,
     };
     pub use crate::bindings::base::haven::connector::storage_types::{
         Replication, ReplicationState, Volume, VolumeSnapshot,
@@ -47,8 +47,8 @@ pub mod types {
         Setting, SettingSpec, Started, Tag, Transient,
     };
     pub use crate::bindings::base::haven::connector::vm_types::{
-        DiskInfo, DiskSpec, Heartbeat, IpSettings, Network, NicInfo, NicSpec, PowerState,
-        StopMode, TagSelector, Vm, VmSnapshot, VmSpec,
+        DiskInfo, DiskSpec, Heartbeat, IpSettings, Network, NicInfo, NicSpec, PowerState, StopMode,
+        TagSelector, Vm, VmSnapshot, VmSpec,
     };
 }
 

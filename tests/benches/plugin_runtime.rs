@@ -10,6 +10,7 @@
 //!   wasmtime store (the baseline: what the sandbox costs);
 //! - Haven's full call path (`Runtime::call`: JSON in and out, locking,
 //!   deadlines) and calls per second with 1 and N concurrent instances.
+//!
 //! Prints each figure beside its target and the ratio.
 
 use std::sync::Arc;
@@ -68,7 +69,10 @@ fn resolved(home: &TestHome, plugin: &str) -> Arc<ResolvedInstance> {
         allow_hosts: vec![],
         limits: Default::default(),
     };
-    Arc::new(ResolvedInstance::resolve(std::path::Path::new("bench"), "bench", &config, &manifest).unwrap())
+    Arc::new(
+        ResolvedInstance::resolve(std::path::Path::new("bench"), "bench", &config, &manifest)
+            .unwrap(),
+    )
 }
 
 trait InstallCached {
@@ -78,9 +82,11 @@ trait InstallCached {
 impl InstallCached for TestHome {
     fn install_cached(&self, relative: &str) -> haven_plugin_runtime::Manifest {
         let store = haven_plugin_runtime::PluginStore::open(&self.home().plugins_dir()).unwrap();
-        let id = haven_plugin_runtime::Manifest::load(&haven_tests::plugin_source(relative).join("plugin.toml"))
-            .unwrap()
-            .id;
+        let id = haven_plugin_runtime::Manifest::load(
+            &haven_tests::plugin_source(relative).join("plugin.toml"),
+        )
+        .unwrap()
+        .id;
         match store.get(&id) {
             Ok(p) => p.manifest,
             Err(_) => self.install(relative).manifest,
@@ -108,20 +114,35 @@ async fn bench_component(home: &TestHome, relative: &str, calls: u32, targets: b
         .get(&instance_plugin(relative))
         .unwrap();
     let engine = home.engine();
-    println!("\n## {relative} ({} KiB component)", std::fs::metadata(installed.wasm_path()).unwrap().len() / 1024);
+    println!(
+        "\n## {relative} ({} KiB component)",
+        std::fs::metadata(installed.wasm_path()).unwrap().len() / 1024
+    );
 
     // Uncached compile, once (what `haven plugin install` pays).
     let bytes = std::fs::read(installed.wasm_path()).unwrap();
     let started = Instant::now();
     let _ = Component::new(engine.engine(), &bytes).unwrap();
-    report("compile, uncached (once, at install)", started.elapsed(), None);
+    report(
+        "compile, uncached (once, at install)",
+        started.elapsed(),
+        None,
+    );
 
     let load = timed!(20, {
-        engine.load("bench", &installed.wasm_path(), installed.sha256()).unwrap();
+        engine
+            .load("bench", &installed.wasm_path(), installed.sha256())
+            .unwrap();
     });
-    report("load a cached precompiled component", load, target(Duration::from_millis(1)));
+    report(
+        "load a cached precompiled component",
+        load,
+        target(Duration::from_millis(1)),
+    );
 
-    let component = engine.load("bench", &installed.wasm_path(), installed.sha256()).unwrap();
+    let component = engine
+        .load("bench", &installed.wasm_path(), installed.sha256())
+        .unwrap();
     let linker: Linker<HostState> = linker(engine).unwrap();
     let pre = linker.instantiate_pre(&component).unwrap();
 
@@ -129,7 +150,8 @@ async fn bench_component(home: &TestHome, relative: &str, calls: u32, targets: b
     // the next so the pool never fills.
     let mut batches = Vec::new();
     for _ in 0..6 {
-        let mut stores: Vec<Store<HostState>> = (0..100).map(|_| sandbox_store(home, &instance)).collect();
+        let mut stores: Vec<Store<HostState>> =
+            (0..100).map(|_| sandbox_store(home, &instance)).collect();
         let started = Instant::now();
         for store in &mut stores {
             pre.instantiate_async(store).await.unwrap();
@@ -139,37 +161,60 @@ async fn bench_component(home: &TestHome, relative: &str, calls: u32, targets: b
     batches.remove(0); // warm-up
     batches.sort();
     let instantiate = batches[2];
-    report("instantiate (pooling + InstancePre)", instantiate, target(Duration::from_micros(20)));
+    report(
+        "instantiate (pooling + InstancePre)",
+        instantiate,
+        target(Duration::from_micros(20)),
+    );
 
     let with_store = timed!(100, {
         let mut store = sandbox_store(home, &instance);
         pre.instantiate_async(&mut store).await.unwrap();
     });
-    report("instantiate with a fresh sandboxed store (WASI, limits)", with_store, None);
+    report(
+        "instantiate with a fresh sandboxed store (WASI, limits)",
+        with_store,
+        None,
+    );
 
     // A simple call, typed, through the sandbox and in a bare store.
     let mut store = sandbox_store(home, &instance);
     store.limiter(|s| s.limiter());
     let inst = pre.instantiate_async(&mut store).await.unwrap();
-    let iface = component.get_export_index(None, "haven:connector/connector@0.1.0").unwrap();
+    let iface = component
+        .get_export_index(None, "haven:connector/connector@0.1.0")
+        .unwrap();
     let check_index = component.get_export_index(Some(&iface), "check").unwrap();
     let func = inst.get_func(&mut store, check_index).unwrap();
     let mut results = [Val::Bool(false)];
     let sandboxed = timed!(calls, {
         store.set_epoch_deadline(1_000_000);
-        func.call_async(&mut store, &[], &mut results).await.unwrap();
+        func.call_async(&mut store, &[], &mut results)
+            .await
+            .unwrap();
     });
-    report("simple call round trip (connector.check), sandboxed", sandboxed, target(Duration::from_micros(2)));
+    report(
+        "simple call round trip (connector.check), sandboxed",
+        sandboxed,
+        target(Duration::from_micros(2)),
+    );
 
     let mut bare_store = Store::new(engine.engine(), sandbox_store(home, &instance).into_data());
     bare_store.set_epoch_deadline(1 << 40);
     let bare_inst = pre.instantiate_async(&mut bare_store).await.unwrap();
     let bare_func = bare_inst.get_func(&mut bare_store, check_index).unwrap();
     let bare = timed!(calls, {
-        bare_func.call_async(&mut bare_store, &[], &mut results).await.unwrap();
+        bare_func
+            .call_async(&mut bare_store, &[], &mut results)
+            .await
+            .unwrap();
     });
     report("same call, bare wasmtime store (baseline)", bare, None);
-    println!("{:<58} {:>11.2}×", "sandbox cost: sandboxed / bare", sandboxed.as_secs_f64() / bare.as_secs_f64());
+    println!(
+        "{:<58} {:>11.2}×",
+        "sandbox cost: sandboxed / bare",
+        sandboxed.as_secs_f64() / bare.as_secs_f64()
+    );
 }
 
 fn instance_plugin(relative: &str) -> String {
@@ -193,10 +238,21 @@ async fn bench_runtime_calls(home: &TestHome) {
     report("Runtime::call round trip (connector.check)", one, None);
     let get_vm_args = json!(["ok"]);
     let get_vm = timed!(2000, {
-        runtime.call("h0", "inventory.get-vm", &get_vm_args).await.unwrap();
+        runtime
+            .call("h0", "inventory.get-vm", &get_vm_args)
+            .await
+            .unwrap();
     });
-    report("Runtime::call round trip (inventory.get-vm -> record)", get_vm, None);
-    println!("{:<58} {:>12.0}", "calls/s, 1 instance", 1.0 / one.as_secs_f64());
+    report(
+        "Runtime::call round trip (inventory.get-vm -> record)",
+        get_vm,
+        None,
+    );
+    println!(
+        "{:<58} {:>12.0}",
+        "calls/s, 1 instance",
+        1.0 / one.as_secs_f64()
+    );
 
     let per_task = 20_000;
     let started = Instant::now();
@@ -206,7 +262,10 @@ async fn bench_runtime_calls(home: &TestHome) {
             tokio::spawn(async move {
                 let args = json!([]);
                 for _ in 0..per_task {
-                    runtime.call(&format!("h{i}"), "connector.check", &args).await.unwrap();
+                    runtime
+                        .call(&format!("h{i}"), "connector.check", &args)
+                        .await
+                        .unwrap();
                 }
             })
         })
@@ -215,14 +274,28 @@ async fn bench_runtime_calls(home: &TestHome) {
         t.await.unwrap();
     }
     let rate = (CONCURRENT * per_task) as f64 / started.elapsed().as_secs_f64();
-    println!("{:<58} {:>12.0}", format!("calls/s, {CONCURRENT} instances concurrently (2 cores)"), rate);
-    println!("{:<58} {:>11.2}×", "scaling: N instances / 1 instance", rate * one.as_secs_f64());
+    println!(
+        "{:<58} {:>12.0}",
+        format!("calls/s, {CONCURRENT} instances concurrently (2 cores)"),
+        rate
+    );
+    println!(
+        "{:<58} {:>11.2}×",
+        "scaling: N instances / 1 instance",
+        rate * one.as_secs_f64()
+    );
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        println!("# Haven plugin runtime benchmark (wasmtime 48, pooling allocator, epoch deadlines)");
+        println!(
+            "# Haven plugin runtime benchmark (wasmtime 48, pooling allocator, epoch deadlines)"
+        );
         let home = TestHome::new();
         bench_component(&home, "tests/fixtures/hostile", 20_000, true).await;
         bench_component(&home, "tests/fixtures/python-plugin", 2_000, false).await;

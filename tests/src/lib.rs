@@ -11,14 +11,18 @@ use haven_plugin_runtime::{HavenHome, PluginEngine, PluginStore, Runtime};
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
 }
 
 /// The source manifest of a fixture or plugin, relative to the repository
 /// (`plugins/example`), after checking that its component was built.
 pub fn plugin_source(relative: &str) -> PathBuf {
     let dir = repo_root().join(relative);
-    let manifest = haven_plugin_runtime::Manifest::load(&dir.join("plugin.toml")).expect("manifest parses");
+    let manifest =
+        haven_plugin_runtime::Manifest::load(&dir.join("plugin.toml")).expect("manifest parses");
     let wasm = manifest.component_path(&dir);
     assert!(
         wasm.is_file(),
@@ -55,10 +59,18 @@ impl TestHome {
 
     /// Packages and installs the plugin whose source is at `relative`.
     pub fn install(&self, relative: &str) -> haven_plugin_runtime::InstalledPlugin {
-        let package_dir = self.dir.path().join("packages").join(relative.replace('/', "_"));
-        haven_plugin_runtime::package::package(&plugin_source(relative), &package_dir).expect("package");
+        let package_dir = self
+            .dir
+            .path()
+            .join("packages")
+            .join(relative.replace('/', "_"));
+        haven_plugin_runtime::package::package(&plugin_source(relative), &package_dir)
+            .expect("package");
         let store = PluginStore::open(&self.home().plugins_dir()).expect("plugin store");
-        store.install(&self.engine, &package_dir).expect("install").0
+        store
+            .install(&self.engine, &package_dir)
+            .expect("install")
+            .0
     }
 
     /// Writes `instances.toml`.

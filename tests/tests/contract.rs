@@ -42,6 +42,12 @@ fn contract_versions_are_frozen() {
         );
         versions.push(dir.trim_start_matches("since_v").to_owned());
     }
-    let supported: Vec<String> = haven_plugin_runtime::manifest::SUPPORTED_WIT.iter().map(|v| v.to_string()).collect();
-    assert_eq!(supported, versions, "every supported version has a frozen directory, and only those");
+    let supported: Vec<String> = haven_plugin_runtime::manifest::SUPPORTED_WIT
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(
+        supported, versions,
+        "every supported version has a frozen directory, and only those"
+    );
 }

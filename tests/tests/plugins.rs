@@ -29,24 +29,48 @@ fn install_verifies_hash_contract_and_component() {
     let last = bad.len() - 1;
     bad[last] ^= 1;
     std::fs::write(&wasm, &bad).unwrap();
-    assert!(matches!(store.install(home.engine(), &pkg), Err(RuntimeError::Sha256Mismatch { .. })));
+    assert!(matches!(
+        store.install(home.engine(), &pkg),
+        Err(RuntimeError::Sha256Mismatch { .. })
+    ));
 
     // Bytes that hash right but are no component.
     std::fs::write(&wasm, b"not wasm").unwrap();
     let manifest_path = pkg.join("plugin.toml");
     let manifest = std::fs::read_to_string(&manifest_path).unwrap();
     let sha = haven_plugin_runtime::package::sha256_file(&wasm).unwrap();
-    let original_sha = manifest.lines().find(|l| l.starts_with("sha256")).unwrap().to_owned();
-    std::fs::write(&manifest_path, manifest.replace(&original_sha, &format!("sha256 = \"{sha}\""))).unwrap();
-    assert!(matches!(store.install(home.engine(), &pkg), Err(RuntimeError::InvalidComponent { .. })));
+    let original_sha = manifest
+        .lines()
+        .find(|l| l.starts_with("sha256"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &manifest_path,
+        manifest.replace(&original_sha, &format!("sha256 = \"{sha}\"")),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.install(home.engine(), &pkg),
+        Err(RuntimeError::InvalidComponent { .. })
+    ));
 
     // An unpackaged manifest has no hash to verify.
-    assert_eq!(config_field(store.install(home.engine(), &plugin_source("plugins/example"))), "sha256");
+    assert_eq!(
+        config_field(store.install(home.engine(), &plugin_source("plugins/example"))),
+        "sha256"
+    );
 
     // A contract version this host does not support.
     std::fs::write(&wasm, &good).unwrap();
-    std::fs::write(&manifest_path, manifest.replace("wit = \"^0.1\"", "wit = \"^0.2\"")).unwrap();
-    assert!(matches!(store.install(home.engine(), &pkg), Err(RuntimeError::UnsupportedWit { .. })));
+    std::fs::write(
+        &manifest_path,
+        manifest.replace("wit = \"^0.1\"", "wit = \"^0.2\""),
+    )
+    .unwrap();
+    assert!(matches!(
+        store.install(home.engine(), &pkg),
+        Err(RuntimeError::UnsupportedWit { .. })
+    ));
 
     // The good package installs, with its capabilities detected.
     std::fs::write(&manifest_path, &manifest).unwrap();
@@ -64,11 +88,23 @@ fn precompiled_code_is_cached_and_rebuilt_when_unusable() {
     let cached = home.engine().cache_path(installed.sha256());
     assert!(cached.is_file(), "install must precompile into the cache");
     let modified = std::fs::metadata(&cached).unwrap().modified().unwrap();
-    home.engine().load("example", &installed.wasm_path(), installed.sha256()).unwrap();
-    assert_eq!(std::fs::metadata(&cached).unwrap().modified().unwrap(), modified, "cache hit must not recompile");
+    home.engine()
+        .load("example", &installed.wasm_path(), installed.sha256())
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&cached).unwrap().modified().unwrap(),
+        modified,
+        "cache hit must not recompile"
+    );
     std::fs::write(&cached, b"garbage").unwrap();
-    home.engine().load("example", &installed.wasm_path(), installed.sha256()).unwrap();
-    assert_ne!(std::fs::read(&cached).unwrap(), b"garbage", "an unusable cache entry is replaced");
+    home.engine()
+        .load("example", &installed.wasm_path(), installed.sha256())
+        .unwrap();
+    assert_ne!(
+        std::fs::read(&cached).unwrap(),
+        b"garbage",
+        "an unusable cache entry is replaced"
+    );
 }
 
 /// The example connector's API, as a fake server with one account.
@@ -86,7 +122,10 @@ fn cmdb(password: &'static str, vm_name: &'static str) -> FakeServer {
         if req.header("x-session") != Some(&format!("session-{password}")) {
             return Reply::json(401, &json!({}));
         }
-        Reply::json(200, &json!([{"id": "vm-1", "name": vm_name, "power": "on", "cpus": 2, "memory_mib": 1024}]))
+        Reply::json(
+            200,
+            &json!([{"id": "vm-1", "name": vm_name, "power": "on", "cpus": 2, "memory_mib": 1024}]),
+        )
     });
     server
 }
@@ -105,7 +144,9 @@ async fn example_connector_over_http_with_two_instances() {
     let home = TestHome::new();
     home.install("plugins/example");
     let (east, west) = (cmdb("east-pw", "db-east"), cmdb("west-pw", "db-west"));
-    home.configure(&(example_instance("east", &east, "east-pw") + &example_instance("west", &west, "west-pw")));
+    home.configure(
+        &(example_instance("east", &east, "east-pw") + &example_instance("west", &west, "west-pw")),
+    );
     let runtime = home.runtime();
 
     let (none, null) = (json!([]), json!(null));
@@ -120,15 +161,32 @@ async fn example_connector_over_http_with_two_instances() {
     // reuses it instead of logging in again.
     drop(runtime);
     let runtime = home.runtime();
-    runtime.call("east", "inventory.list-vms", &json!([])).await.unwrap();
-    let logins = east.requests().iter().filter(|r| r.path == "/api/session").count();
-    assert_eq!(logins, 1, "the stored session must survive re-instantiation");
+    runtime
+        .call("east", "inventory.list-vms", &json!([]))
+        .await
+        .unwrap();
+    let logins = east
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/api/session")
+        .count();
+    assert_eq!(
+        logins, 1,
+        "the stored session must survive re-instantiation"
+    );
 
     // check() reports a working login; a derived capability works end to end.
-    let check = runtime.call("east", "connector.check", &json!([])).await.unwrap();
+    let check = runtime
+        .call("east", "connector.check", &json!([]))
+        .await
+        .unwrap();
     assert_eq!(check["ok"][0]["ok"], true, "{check}");
     let found = runtime
-        .call("west", "inventory.find-vms", &json!({"selector": {"all-of": []}}))
+        .call(
+            "west",
+            "inventory.find-vms",
+            &json!({"selector": {"all-of": []}}),
+        )
         .await
         .unwrap();
     assert_eq!(found["ok"].as_array().unwrap().len(), 1);
@@ -145,14 +203,34 @@ async fn call_errors_name_what_is_wrong() {
         Err(RuntimeError::BadArguments { field, .. }) => field,
         other => panic!("expected bad arguments, got {other:?}"),
     };
-    assert_eq!(bad_args(runtime.call("cmdb", "inventory.get-vm", &json!([1])).await), "id");
-    assert_eq!(bad_args(runtime.call("cmdb", "inventory.get-vm", &json!({"vm": "x"})).await), "vm");
     assert_eq!(
-        bad_args(runtime.call("cmdb", "inventory.find-vms", &json!([{"all-of": [{"key": "a"}]}])).await),
+        bad_args(runtime.call("cmdb", "inventory.get-vm", &json!([1])).await),
+        "id"
+    );
+    assert_eq!(
+        bad_args(
+            runtime
+                .call("cmdb", "inventory.get-vm", &json!({"vm": "x"}))
+                .await
+        ),
+        "vm"
+    );
+    assert_eq!(
+        bad_args(
+            runtime
+                .call(
+                    "cmdb",
+                    "inventory.find-vms",
+                    &json!([{"all-of": [{"key": "a"}]}])
+                )
+                .await
+        ),
         "selector.all-of.0.value"
     );
     assert!(matches!(
-        runtime.call("cmdb", "compute.power-on", &json!(["vm-1"])).await,
+        runtime
+            .call("cmdb", "compute.power-on", &json!(["vm-1"]))
+            .await,
         Err(RuntimeError::UnknownFunction { .. })
     ));
     assert!(matches!(
@@ -160,7 +238,10 @@ async fn call_errors_name_what_is_wrong() {
         Err(RuntimeError::UnknownInstance(_))
     ));
     // The plugin's own typed error comes back as data.
-    let not_found = runtime.call("cmdb", "inventory.get-vm", &json!(["vm-9"])).await.unwrap();
+    let not_found = runtime
+        .call("cmdb", "inventory.get-vm", &json!(["vm-9"]))
+        .await
+        .unwrap();
     assert!(not_found["err"]["not-found"].is_string(), "{not_found}");
 }
 
@@ -183,14 +264,29 @@ async fn instance_configuration_errors_name_the_field() {
     let server = cmdb("pw", "vm");
     let base = example_instance("cmdb", &server, "pw");
     let cases = [
-        (base.replace("endpoint", "endpoitn"), "instances.cmdb.settings.endpoitn"),
-        (base.replace("password = ", "token = "), "instances.cmdb.secrets.token"),
         (
-            base.replace("{ value = \"pw\" }", "{ env = \"HAVEN_TEST_UNSET_VARIABLE\" }"),
+            base.replace("endpoint", "endpoitn"),
+            "instances.cmdb.settings.endpoitn",
+        ),
+        (
+            base.replace("password = ", "token = "),
+            "instances.cmdb.secrets.token",
+        ),
+        (
+            base.replace(
+                "{ value = \"pw\" }",
+                "{ env = \"HAVEN_TEST_UNSET_VARIABLE\" }",
+            ),
             "instances.cmdb.secrets.password",
         ),
-        (base.replace("\"127.0.0.1\"", "\"bad host\""), "instances.cmdb.allow_hosts.0"),
-        (base.clone() + "[instances.cmdb.limits]\nmemory_mib = 0\n", "instances.cmdb.limits.memory_mib"),
+        (
+            base.replace("\"127.0.0.1\"", "\"bad host\""),
+            "instances.cmdb.allow_hosts.0",
+        ),
+        (
+            base.clone() + "[instances.cmdb.limits]\nmemory_mib = 0\n",
+            "instances.cmdb.limits.memory_mib",
+        ),
     ];
     for (toml, field) in cases {
         home.configure(&toml);
@@ -199,12 +295,25 @@ async fn instance_configuration_errors_name_the_field() {
     }
     // A missing required setting.
     home.configure(&base.replace(&format!("endpoint = \"{}\"\n", server.url()), ""));
-    let err = home.runtime().call("cmdb", "inventory.list-vms", &json!([])).await.unwrap_err();
-    assert_eq!(config_field(Err::<(), _>(err)), "instances.cmdb.settings.endpoint");
+    let err = home
+        .runtime()
+        .call("cmdb", "inventory.list-vms", &json!([]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        config_field(Err::<(), _>(err)),
+        "instances.cmdb.settings.endpoint"
+    );
     // The plugin's own validation of a setting.
     home.configure(&base.replace(&server.url(), "ftp://nowhere"));
-    match home.runtime().call("cmdb", "inventory.list-vms", &json!([])).await {
-        Err(RuntimeError::Configure { message, .. }) => assert!(message.contains("endpoint"), "{message}"),
+    match home
+        .runtime()
+        .call("cmdb", "inventory.list-vms", &json!([]))
+        .await
+    {
+        Err(RuntimeError::Configure { message, .. }) => {
+            assert!(message.contains("endpoint"), "{message}")
+        }
         other => panic!("expected a configure error, got {other:?}"),
     }
 }
@@ -215,14 +324,24 @@ async fn python_plugin_loads_and_answers_through_the_same_contract() {
     home.install("tests/fixtures/python-plugin");
     home.configure("[instances.py]\nplugin = \"python-fixture\"\n[instances.py.settings]\nsite = \"dr-east\"\n");
     let runtime = home.runtime();
-    let vms = runtime.call("py", "inventory.list-vms", &json!([])).await.unwrap();
+    let vms = runtime
+        .call("py", "inventory.list-vms", &json!([]))
+        .await
+        .unwrap();
     assert_eq!(vms["ok"][0]["name"], "python-db");
     assert_eq!(vms["ok"][0]["location"], "dr-east");
     assert_eq!(vms["ok"][1]["power-state"], "powered-off");
-    let err = runtime.call("py", "inventory.get-vm", &json!(["nope"])).await.unwrap();
+    let err = runtime
+        .call("py", "inventory.get-vm", &json!(["nope"]))
+        .await
+        .unwrap();
     assert_eq!(err["err"]["not-found"], "VM nope");
     let found = runtime
-        .call("py", "inventory.find-vms", &json!([{"all-of": [{"key": "tier", "value": "web"}]}]))
+        .call(
+            "py",
+            "inventory.find-vms",
+            &json!([{"all-of": [{"key": "tier", "value": "web"}]}]),
+        )
         .await
         .unwrap();
     assert_eq!(found["ok"][0]["id"], "py-2");
@@ -230,9 +349,17 @@ async fn python_plugin_loads_and_answers_through_the_same_contract() {
     let kv = std::fs::read_to_string(home.home().instance_dir("py").join("kv.json")).unwrap();
     assert!(kv.contains("calls"), "{kv}");
     // And its configure validation comes back typed.
-    home.configure("[instances.py]\nplugin = \"python-fixture\"\n[instances.py.settings]\nsite = \"\"\n");
-    match home.runtime().call("py", "inventory.list-vms", &json!([])).await {
-        Err(RuntimeError::Configure { message, .. }) => assert!(message.contains("site"), "{message}"),
+    home.configure(
+        "[instances.py]\nplugin = \"python-fixture\"\n[instances.py.settings]\nsite = \"\"\n",
+    );
+    match home
+        .runtime()
+        .call("py", "inventory.list-vms", &json!([]))
+        .await
+    {
+        Err(RuntimeError::Configure { message, .. }) => {
+            assert!(message.contains("site"), "{message}")
+        }
         other => panic!("expected a configure error, got {other:?}"),
     }
 }

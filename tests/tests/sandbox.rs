@@ -34,19 +34,29 @@ token = { value = "token-of-h2" }
 }
 
 async fn run(runtime: &Runtime, instance: &str, command: &str) -> Result<Value, RuntimeError> {
-    runtime.call(instance, "inventory.get-vm", &json!([command])).await
+    runtime
+        .call(instance, "inventory.get-vm", &json!([command]))
+        .await
 }
 
 /// The VM name a successful command answered with.
 async fn outcome(runtime: &Runtime, instance: &str, command: &str) -> String {
-    let value = run(runtime, instance, command).await.expect("call succeeds");
-    value["ok"]["name"].as_str().unwrap_or_else(|| panic!("{command}: {value}")).to_owned()
+    let value = run(runtime, instance, command)
+        .await
+        .expect("call succeeds");
+    value["ok"]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{command}: {value}"))
+        .to_owned()
 }
 
 /// The plugin's own error (a `result::err`) for a command.
 async fn plugin_error(runtime: &Runtime, instance: &str, command: &str) -> Value {
     let value = run(runtime, instance, command).await.expect("call returns");
-    value.get("err").cloned().unwrap_or_else(|| panic!("{command} should fail, got {value}"))
+    value
+        .get("err")
+        .cloned()
+        .unwrap_or_else(|| panic!("{command} should fail, got {value}"))
 }
 
 /// After a trap: the same instance answers again on a fresh instantiation,
@@ -54,9 +64,21 @@ async fn plugin_error(runtime: &Runtime, instance: &str, command: &str) -> Value
 async fn assert_recovered(runtime: &Runtime, h2_calls_before: u64) {
     let before = runtime.instantiations("h1").unwrap();
     assert_eq!(outcome(runtime, "h1", "ok").await, "fine");
-    assert_eq!(runtime.instantiations("h1").unwrap(), before + 1, "h1 must be re-created");
-    assert_eq!(outcome(runtime, "h1", "count").await, "2", "fresh instance state after the trap");
-    assert_eq!(outcome(runtime, "h2", "count").await, (h2_calls_before + 1).to_string(), "h2 disturbed");
+    assert_eq!(
+        runtime.instantiations("h1").unwrap(),
+        before + 1,
+        "h1 must be re-created"
+    );
+    assert_eq!(
+        outcome(runtime, "h1", "count").await,
+        "2",
+        "fresh instance state after the trap"
+    );
+    assert_eq!(
+        outcome(runtime, "h2", "count").await,
+        (h2_calls_before + 1).to_string(),
+        "h2 disturbed"
+    );
     assert_eq!(runtime.instantiations("h2").unwrap(), 1);
 }
 
@@ -77,9 +99,15 @@ async fn infinite_loop_fails_within_twice_its_deadline() {
     let runtime = home.runtime();
     let h2 = warm_h2(&runtime).await;
     let started = Instant::now();
-    assert_eq!(trap_kind(run(&runtime, "h1", "loop").await), TrapKind::Timeout);
+    assert_eq!(
+        trap_kind(run(&runtime, "h1", "loop").await),
+        TrapKind::Timeout
+    );
     let elapsed = started.elapsed();
-    assert!(elapsed >= DEADLINE && elapsed < 2 * DEADLINE, "loop stopped after {elapsed:?}");
+    assert!(
+        elapsed >= DEADLINE && elapsed < 2 * DEADLINE,
+        "loop stopped after {elapsed:?}"
+    );
     assert_recovered(&runtime, h2).await;
 }
 
@@ -89,8 +117,15 @@ async fn blocking_in_the_host_fails_within_twice_its_deadline() {
     let runtime = home.runtime();
     let h2 = warm_h2(&runtime).await;
     let started = Instant::now();
-    assert_eq!(trap_kind(run(&runtime, "h1", "sleep").await), TrapKind::Timeout);
-    assert!(started.elapsed() < 2 * DEADLINE, "sleep stopped after {:?}", started.elapsed());
+    assert_eq!(
+        trap_kind(run(&runtime, "h1", "sleep").await),
+        TrapKind::Timeout
+    );
+    assert!(
+        started.elapsed() < 2 * DEADLINE,
+        "sleep stopped after {:?}",
+        started.elapsed()
+    );
     assert_recovered(&runtime, h2).await;
 }
 
@@ -141,15 +176,25 @@ async fn filesystem_is_only_the_instance_data_directory() {
     let home = home();
     let runtime = home.runtime();
     // Host files, absolute or escaping the preopen, are invisible.
-    for path in ["/etc/passwd", "/data/../../../../etc/passwd", "../etc/passwd"] {
+    for path in [
+        "/etc/passwd",
+        "/data/../../../../etc/passwd",
+        "../etc/passwd",
+    ] {
         let err = plugin_error(&runtime, "h1", &format!("read:{path}")).await;
         assert!(err["not-found"].is_string(), "{path}: {err}");
     }
     // Its own directory works, and lands in the instance's directory on the host.
     assert_eq!(outcome(&runtime, "h1", "write:/data/note").await, "written");
     let on_host = home.home().instance_dir("h1").join("data/note");
-    assert_eq!(std::fs::read_to_string(&on_host).unwrap(), "written by hostile");
-    assert_eq!(outcome(&runtime, "h1", "read:/data/note").await, "read 18 bytes");
+    assert_eq!(
+        std::fs::read_to_string(&on_host).unwrap(),
+        "written by hostile"
+    );
+    assert_eq!(
+        outcome(&runtime, "h1", "read:/data/note").await,
+        "read 18 bytes"
+    );
     // Another instance's directory is out of reach, by any path.
     let err = plugin_error(&runtime, "h2", "read:/data/note").await;
     assert!(err["not-found"].is_string(), "{err}");
@@ -180,12 +225,24 @@ async fn http_only_to_requested_and_granted_hosts() {
     server.route("GET", "/hello", |_| Reply::text(200, "hi"));
     // 127.0.0.1 is requested by the manifest and granted: allowed.
     let url = format!("{}/hello", server.url());
-    assert_eq!(outcome(&runtime, "h1", &format!("http:{url}")).await, "HTTP 200");
+    assert_eq!(
+        outcome(&runtime, "h1", &format!("http:{url}")).await,
+        "HTTP 200"
+    );
     // `localhost` is neither requested nor granted: denied before any connection.
     let port = server.url().rsplit(':').next().unwrap().to_owned();
-    let err = plugin_error(&runtime, "h1", &format!("http:http://localhost:{port}/hello")).await;
+    let err = plugin_error(
+        &runtime,
+        "h1",
+        &format!("http:http://localhost:{port}/hello"),
+    )
+    .await;
     assert!(err["other"].as_str().unwrap().contains("denied"), "{err}");
-    assert_eq!(server.requests().len(), 1, "the denied request must not reach the server");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "the denied request must not reach the server"
+    );
 }
 
 #[tokio::test]

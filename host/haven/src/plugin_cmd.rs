@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use haven_plugin_runtime::{
-    capabilities, package, HavenHome, InstanceState, PluginEngine, PluginEvent, PluginStore, Runtime,
+    capabilities, package, HavenHome, InstanceState, PluginEngine, PluginEvent, PluginStore,
+    Runtime,
 };
 
 /// Plugin commands.
@@ -95,7 +96,10 @@ pub async fn run(cmd: PluginCommand, home: PathBuf) -> Result<()> {
                 println!("no plugins installed (install one with `haven plugin install PACKAGE`)");
             } else {
                 for p in plugins {
-                    println!("{:<20} {:<10} {}", p.manifest.id, p.manifest.version, p.manifest.name);
+                    println!(
+                        "{:<20} {:<10} {}",
+                        p.manifest.id, p.manifest.version, p.manifest.name
+                    );
                 }
             }
         }
@@ -168,7 +172,10 @@ fn inspect(home: &HavenHome, id: &str, json: bool) -> Result<()> {
     if !m.description.is_empty() {
         println!("  {}", m.description);
     }
-    println!("  WIT:             haven:connector@{} (manifest accepts {})", info.wit_version, m.wit);
+    println!(
+        "  WIT:             haven:connector@{} (manifest accepts {})",
+        info.wit_version, m.wit
+    );
     println!("  capabilities:    {}", caps.join(", "));
     println!("  requested hosts: {}", list_or_none(&m.hosts));
     println!("  secrets:         {}", list_or_none(&m.secrets));

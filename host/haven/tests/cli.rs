@@ -23,9 +23,20 @@ fn stdout(o: &Output) -> String {
 /// The command failed with exactly one line on stderr, which contains `needle`.
 fn assert_one_line_error(o: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure, got success: {}", stdout(o));
-    assert_eq!(stderr.trim().lines().count(), 1, "one line expected: {stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains(needle), "{stderr}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success: {}",
+        stdout(o)
+    );
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one line expected: {stderr}"
+    );
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains(needle),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -34,25 +45,46 @@ fn package_install_inspect_and_call() {
     let home = home.path();
     let pkg = home.join("pkg");
     let source = plugin_source("plugins/example");
-    let out = haven(home, &["plugin", "package", source.to_str().unwrap(), "--out", pkg.to_str().unwrap()]);
+    let out = haven(
+        home,
+        &[
+            "plugin",
+            "package",
+            source.to_str().unwrap(),
+            "--out",
+            pkg.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
     let out = haven(home, &["plugin", "install", pkg.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
-    assert!(stdout(&out).contains("capabilities: connector, inventory"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("capabilities: connector, inventory"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = haven(home, &["plugin", "list"]);
     assert!(stdout(&out).starts_with("example"), "{}", stdout(&out));
     let out = haven(home, &["plugin", "inspect", "example"]);
     let text = stdout(&out);
-    assert!(text.contains("capabilities:    connector, inventory"), "{text}");
+    assert!(
+        text.contains("capabilities:    connector, inventory"),
+        "{text}"
+    );
     assert!(text.contains("requested hosts: *"), "{text}");
     assert!(text.contains("haven:connector@0.1.0"), "{text}");
     let out = haven(home, &["plugin", "inspect", "example", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["capabilities"], serde_json::json!(["connector", "inventory"]));
+    assert_eq!(
+        json["capabilities"],
+        serde_json::json!(["connector", "inventory"])
+    );
 
     let server = FakeServer::start();
-    server.route("POST", "/api/session", |_| Reply::json(200, &serde_json::json!({"session": "s"})));
+    server.route("POST", "/api/session", |_| {
+        Reply::json(200, &serde_json::json!({"session": "s"}))
+    });
     server.route("GET", "/api/vms/vm-1", |_| {
         Reply::json(200, &serde_json::json!({"id": "vm-1", "name": "db", "power": "on", "cpus": 1, "memory_mib": 512}))
     });
@@ -66,14 +98,24 @@ fn package_install_inspect_and_call() {
     )
     .unwrap();
     let out = haven(home, &["plugin", "instances"]);
-    assert!(stdout(&out).contains("cmdb (example): connector.check"), "{}", stdout(&out));
-    let out = haven(home, &["plugin", "call", "cmdb", "inventory.get-vm", r#"["vm-1"]"#]);
+    assert!(
+        stdout(&out).contains("cmdb (example): connector.check"),
+        "{}",
+        stdout(&out)
+    );
+    let out = haven(
+        home,
+        &["plugin", "call", "cmdb", "inventory.get-vm", r#"["vm-1"]"#],
+    );
     assert!(out.status.success(), "{out:?}");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["ok"]["name"], "db");
 
     // A plugin error is printed and fails the command.
-    let out = haven(home, &["plugin", "call", "cmdb", "inventory.get-vm", r#"["vm-2"]"#]);
+    let out = haven(
+        home,
+        &["plugin", "call", "cmdb", "inventory.get-vm", r#"["vm-2"]"#],
+    );
     assert_one_line_error(&out, "inventory.get-vm returned an error");
     assert!(stdout(&out).contains("not-found"));
 }
@@ -82,10 +124,25 @@ fn package_install_inspect_and_call() {
 fn bad_input_gets_one_line_and_a_failure_code() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
-    assert_one_line_error(&haven(home, &["plugin", "inspect", "nope"]), "no plugin `nope` is installed");
-    assert_one_line_error(&haven(home, &["plugin", "install", "/nonexistent/pkg"]), "/nonexistent/pkg");
-    assert_one_line_error(&haven(home, &["plugin", "call", "x", "inventory.list-vms", "[oops"]), "ARGS is not JSON");
-    assert_one_line_error(&haven(home, &["plugin", "call", "x", "inventory.list-vms"]), "no plugin instance `x`");
+    assert_one_line_error(
+        &haven(home, &["plugin", "inspect", "nope"]),
+        "no plugin `nope` is installed",
+    );
+    assert_one_line_error(
+        &haven(home, &["plugin", "install", "/nonexistent/pkg"]),
+        "/nonexistent/pkg",
+    );
+    assert_one_line_error(
+        &haven(
+            home,
+            &["plugin", "call", "x", "inventory.list-vms", "[oops"],
+        ),
+        "ARGS is not JSON",
+    );
+    assert_one_line_error(
+        &haven(home, &["plugin", "call", "x", "inventory.list-vms"]),
+        "no plugin instance `x`",
+    );
     std::fs::write(home.join("instances.toml"), "[instances.x]\nplugin = 3\n").unwrap();
     assert_one_line_error(&haven(home, &["plugin", "instances"]), "instances.toml");
     let usage = haven(home, &["plugin", "frobnicate"]);

@@ -74,7 +74,11 @@ pub struct ComponentInfo {
 impl ComponentInfo {
     /// Fully qualified export name of a capability (`haven:connector/jobs@0.1.0`).
     pub fn export_name(&self, capability: Capability) -> String {
-        format!("haven:connector/{}@{}", capability.interface(), self.wit_version)
+        format!(
+            "haven:connector/{}@{}",
+            capability.interface(),
+            self.wit_version
+        )
     }
 }
 
@@ -92,7 +96,10 @@ pub fn inspect(plugin: &str, engine: &Engine, component: &Component) -> Result<C
             .strip_prefix("haven:connector/")
             .and_then(|rest| rest.split_once('@'))
             .and_then(|(iface, version)| {
-                Some((Capability::from_interface(iface)?, semver::Version::parse(version).ok()?))
+                Some((
+                    Capability::from_interface(iface)?,
+                    semver::Version::parse(version).ok()?,
+                ))
             });
         match parsed {
             Some((capability, version)) => {
@@ -102,11 +109,15 @@ pub fn inspect(plugin: &str, engine: &Engine, component: &Component) -> Result<C
             None => other_exports.push(name.to_owned()),
         }
     }
-    let wit_version = match versions.len() {
-        0 => return Err(invalid("exports no `haven:connector` interface; build it against the WIT contract in wit/".into())),
-        1 => versions.into_iter().next().expect("one version"),
-        _ => return Err(invalid(format!("mixes contract versions {versions:?}"))),
-    };
+    let wit_version =
+        match versions.len() {
+            0 => return Err(invalid(
+                "exports no `haven:connector` interface; build it against the WIT contract in wit/"
+                    .into(),
+            )),
+            1 => versions.into_iter().next().expect("one version"),
+            _ => return Err(invalid(format!("mixes contract versions {versions:?}"))),
+        };
     if !SUPPORTED_WIT.contains(&wit_version) {
         return Err(RuntimeError::UnsupportedWit {
             plugin: plugin.into(),
@@ -115,7 +126,9 @@ pub fn inspect(plugin: &str, engine: &Engine, component: &Component) -> Result<C
         });
     }
     if !capabilities.contains(&Capability::Connector) {
-        return Err(invalid("does not export `haven:connector/connector`, which every plugin must".into()));
+        return Err(invalid(
+            "does not export `haven:connector/connector`, which every plugin must".into(),
+        ));
     }
     Ok(ComponentInfo {
         wit_version,

@@ -84,7 +84,9 @@ impl PluginEngine {
     /// compatible with this engine (wasmtime version, settings, CPU features).
     pub fn cache_path(&self, sha256: &str) -> PathBuf {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         self.cache_dir
             .join(format!("{sha256}-{:016x}.cwasm", hasher.finish()))
     }
@@ -99,7 +101,9 @@ impl PluginEngine {
             // `compile_to_cache` below, from a component this engine compiled.
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %cached.display(), "discarding unusable cached code: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %cached.display(), "discarding unusable cached code: {e:#}")
+                }
             }
         }
         self.compile_to_cache(plugin, wasm_path, &cached)
@@ -108,10 +112,11 @@ impl PluginEngine {
     fn compile_to_cache(&self, plugin: &str, wasm_path: &Path, cached: &Path) -> Result<Component> {
         let bytes = std::fs::read(wasm_path).map_err(|e| RuntimeError::io(wasm_path, e))?;
         let started = std::time::Instant::now();
-        let component = Component::new(&self.engine, &bytes).map_err(|e| RuntimeError::InvalidComponent {
-            plugin: plugin.into(),
-            message: format!("not a valid WebAssembly component: {e:#}"),
-        })?;
+        let component =
+            Component::new(&self.engine, &bytes).map_err(|e| RuntimeError::InvalidComponent {
+                plugin: plugin.into(),
+                message: format!("not a valid WebAssembly component: {e:#}"),
+            })?;
         tracing::info!(plugin, elapsed = ?started.elapsed(), "compiled component");
         let code = component.serialize().map_err(|e| RuntimeError::Wasm {
             plugin: plugin.into(),

@@ -98,7 +98,10 @@ impl kv::Host for HostState {
     }
 
     fn list_keys(&mut self, prefix: String) -> Vec<String> {
-        self.kv.lock().unwrap_or_else(|p| p.into_inner()).list_keys(&prefix)
+        self.kv
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list_keys(&prefix)
     }
 }
 

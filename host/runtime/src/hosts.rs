@@ -55,13 +55,29 @@ pub(crate) fn split_port(text: &str) -> Result<(&str, Option<u16>), String> {
             .split_once(']')
             .ok_or_else(|| format!("{text:?}: unclosed `[`"))?;
         return match after.strip_prefix(':') {
-            Some(p) => Ok((host, Some(p.parse().ok().filter(|&p| p > 0).ok_or_else(|| bad_port(p))?))),
+            Some(p) => Ok((
+                host,
+                Some(
+                    p.parse()
+                        .ok()
+                        .filter(|&p| p > 0)
+                        .ok_or_else(|| bad_port(p))?,
+                ),
+            )),
             None if after.is_empty() => Ok((host, None)),
             None => Err(format!("{text:?}: unexpected text after `]`")),
         };
     }
     match text.rsplit_once(':') {
-        Some((host, p)) => Ok((host, Some(p.parse().ok().filter(|&p| p > 0).ok_or_else(|| bad_port(p))?))),
+        Some((host, p)) => Ok((
+            host,
+            Some(
+                p.parse()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| bad_port(p))?,
+            ),
+        )),
         None => Ok((text, None)),
     }
 }

@@ -132,7 +132,12 @@ pub struct ResolvedInstance {
 
 impl ResolvedInstance {
     /// Checks `config` against `manifest`; errors name the field in `file`.
-    pub fn resolve(file: &Path, name: &str, config: &InstanceConfig, manifest: &Manifest) -> Result<Self> {
+    pub fn resolve(
+        file: &Path,
+        name: &str,
+        config: &InstanceConfig,
+        manifest: &Manifest,
+    ) -> Result<Self> {
         let field = |f: &str| format!("instances.{name}.{f}");
         let mut secrets = BTreeMap::new();
         for (key, source) in &config.secrets {
@@ -140,7 +145,10 @@ impl ResolvedInstance {
                 return Err(RuntimeError::config(
                     file,
                     field(&format!("secrets.{key}")),
-                    format!("plugin `{}` does not declare this secret (it declares {:?})", manifest.id, manifest.secrets),
+                    format!(
+                        "plugin `{}` does not declare this secret (it declares {:?})",
+                        manifest.id, manifest.secrets
+                    ),
                 ));
             }
             let value = match source {
@@ -169,7 +177,8 @@ impl ResolvedInstance {
             list.iter()
                 .enumerate()
                 .map(|(i, h)| {
-                    HostPattern::parse(h).map_err(|m| RuntimeError::config(file, format!("{f}.{i}"), m))
+                    HostPattern::parse(h)
+                        .map_err(|m| RuntimeError::config(file, format!("{f}.{i}"), m))
                 })
                 .collect()
         };

@@ -13,7 +13,14 @@ use wasmtime::component::Val;
 pub(crate) type Mismatch = (String, String);
 
 fn mismatch(path: &str, message: impl Into<String>) -> Mismatch {
-    (if path.is_empty() { "(argument)".into() } else { path.to_owned() }, message.into())
+    (
+        if path.is_empty() {
+            "(argument)".into()
+        } else {
+            path.to_owned()
+        },
+        message.into(),
+    )
 }
 
 fn join(path: &str, key: impl std::fmt::Display) -> String {
@@ -39,7 +46,10 @@ pub(crate) fn to_val(json: &Value, ty: &Type, path: &str) -> Result<Val, Mismatc
         }};
     }
     Ok(match ty {
-        Type::Bool => Val::Bool(json.as_bool().ok_or_else(|| mismatch(path, format!("expected true or false, got {json}")))?),
+        Type::Bool => Val::Bool(
+            json.as_bool()
+                .ok_or_else(|| mismatch(path, format!("expected true or false, got {json}")))?,
+        ),
         Type::S8 => int!(S8, i8),
         Type::U8 => int!(U8, u8),
         Type::S16 => int!(S16, i16),
@@ -48,10 +58,18 @@ pub(crate) fn to_val(json: &Value, ty: &Type, path: &str) -> Result<Val, Mismatc
         Type::U32 => int!(U32, u32),
         Type::S64 => int!(S64, i64),
         Type::U64 => int!(U64, u64),
-        Type::Float32 => Val::Float32(json.as_f64().ok_or_else(|| mismatch(path, "expected a number"))? as f32),
-        Type::Float64 => Val::Float64(json.as_f64().ok_or_else(|| mismatch(path, "expected a number"))?),
+        Type::Float32 => Val::Float32(
+            json.as_f64()
+                .ok_or_else(|| mismatch(path, "expected a number"))? as f32,
+        ),
+        Type::Float64 => Val::Float64(
+            json.as_f64()
+                .ok_or_else(|| mismatch(path, "expected a number"))?,
+        ),
         Type::Char => {
-            let s = json.as_str().ok_or_else(|| mismatch(path, "expected a one-character string"))?;
+            let s = json
+                .as_str()
+                .ok_or_else(|| mismatch(path, "expected a one-character string"))?;
             let mut chars = s.chars();
             match (chars.next(), chars.next()) {
                 (Some(c), None) => Val::Char(c),
@@ -64,7 +82,9 @@ pub(crate) fn to_val(json: &Value, ty: &Type, path: &str) -> Result<Val, Mismatc
                 .to_owned(),
         ),
         Type::List(list) => {
-            let items = json.as_array().ok_or_else(|| mismatch(path, format!("expected an array, got {json}")))?;
+            let items = json
+                .as_array()
+                .ok_or_else(|| mismatch(path, format!("expected an array, got {json}")))?;
             let ty = list.ty();
             Val::List(
                 items
@@ -75,7 +95,9 @@ pub(crate) fn to_val(json: &Value, ty: &Type, path: &str) -> Result<Val, Mismatc
             )
         }
         Type::Record(record) => {
-            let object = json.as_object().ok_or_else(|| mismatch(path, format!("expected an object, got {json}")))?;
+            let object = json
+                .as_object()
+                .ok_or_else(|| mismatch(path, format!("expected an object, got {json}")))?;
             let mut fields = Vec::new();
             for field in record.fields() {
                 let value = match object.get(field.name) {
@@ -85,16 +107,27 @@ pub(crate) fn to_val(json: &Value, ty: &Type, path: &str) -> Result<Val, Mismatc
                 };
                 fields.push((field.name.to_owned(), value));
             }
-            if let Some(unknown) = object.keys().find(|k| !record.fields().any(|f| f.name == k.as_str())) {
+            if let Some(unknown) = object
+                .keys()
+                .find(|k| !record.fields().any(|f| f.name == k.as_str()))
+            {
                 let known: Vec<_> = record.fields().map(|f| f.name).collect();
-                return Err(mismatch(&join(path, unknown), format!("unknown field; expected one of {known:?}")));
+                return Err(mismatch(
+                    &join(path, unknown),
+                    format!("unknown field; expected one of {known:?}"),
+                ));
             }
             Val::Record(fields)
         }
         Type::Tuple(tuple) => {
-            let items = json.as_array().ok_or_else(|| mismatch(path, "expected an array"))?;
+            let items = json
+                .as_array()
+                .ok_or_else(|| mismatch(path, "expected an array"))?;
             if items.len() != tuple.types().len() {
-                return Err(mismatch(path, format!("expected {} elements", tuple.types().len())));
+                return Err(mismatch(
+                    path,
+                    format!("expected {} elements", tuple.types().len()),
+                ));
             }
             Val::Tuple(
                 items
@@ -116,21 +149,33 @@ pub(crate) fn to_val(json: &Value, ty: &Type, path: &str) -> Result<Val, Mismatc
             };
             let case = variant.cases().find(|c| c.name == name).ok_or_else(|| {
                 let cases: Vec<_> = variant.cases().map(|c| c.name).collect();
-                mismatch(path, format!("unknown case {name:?}; expected one of {cases:?}"))
+                mismatch(
+                    path,
+                    format!("unknown case {name:?}; expected one of {cases:?}"),
+                )
             })?;
             let value = match (&case.ty, payload) {
                 (Some(ty), Some(p)) => Some(Box::new(to_val(p, ty, &join(path, name))?)),
                 (None, None) | (None, Some(Value::Null)) => None,
-                (Some(_), None) => return Err(mismatch(path, format!("case {name:?} needs a payload"))),
-                (None, Some(_)) => return Err(mismatch(path, format!("case {name:?} takes no payload"))),
+                (Some(_), None) => {
+                    return Err(mismatch(path, format!("case {name:?} needs a payload")))
+                }
+                (None, Some(_)) => {
+                    return Err(mismatch(path, format!("case {name:?} takes no payload")))
+                }
             };
             Val::Variant(name.to_owned(), value)
         }
         Type::Enum(e) => {
-            let name = json.as_str().ok_or_else(|| mismatch(path, "expected a string"))?;
+            let name = json
+                .as_str()
+                .ok_or_else(|| mismatch(path, "expected a string"))?;
             if !e.names().any(|n| n == name) {
                 let names: Vec<_> = e.names().collect();
-                return Err(mismatch(path, format!("unknown value {name:?}; expected one of {names:?}")));
+                return Err(mismatch(
+                    path,
+                    format!("unknown value {name:?}; expected one of {names:?}"),
+                ));
             }
             Val::Enum(name.to_owned())
         }
@@ -139,7 +184,10 @@ pub(crate) fn to_val(json: &Value, ty: &Type, path: &str) -> Result<Val, Mismatc
             v => Val::Option(Some(Box::new(to_val(v, &o.ty(), path)?))),
         },
         Type::Result(r) => {
-            let object = json.as_object().filter(|o| o.len() == 1).ok_or_else(|| mismatch(path, "expected {\"ok\": ...} or {\"err\": ...}"))?;
+            let object = json
+                .as_object()
+                .filter(|o| o.len() == 1)
+                .ok_or_else(|| mismatch(path, "expected {\"ok\": ...} or {\"err\": ...}"))?;
             let (key, value) = object.iter().next().expect("one entry");
             let payload = |ty: Option<Type>, p: &str| -> Result<Option<Box<Val>>, Mismatch> {
                 match ty {
@@ -154,15 +202,25 @@ pub(crate) fn to_val(json: &Value, ty: &Type, path: &str) -> Result<Val, Mismatc
             }
         }
         Type::Flags(f) => {
-            let items = json.as_array().ok_or_else(|| mismatch(path, "expected an array of flag names"))?;
+            let items = json
+                .as_array()
+                .ok_or_else(|| mismatch(path, "expected an array of flag names"))?;
             let mut names = Vec::new();
             for item in items {
-                let name = item.as_str().filter(|n| f.names().any(|x| x == *n)).ok_or_else(|| mismatch(path, format!("unknown flag {item}")))?;
+                let name = item
+                    .as_str()
+                    .filter(|n| f.names().any(|x| x == *n))
+                    .ok_or_else(|| mismatch(path, format!("unknown flag {item}")))?;
                 names.push(name.to_owned());
             }
             Val::Flags(names)
         }
-        other => return Err(mismatch(path, format!("values of type {other:?} cannot be given as JSON"))),
+        other => {
+            return Err(mismatch(
+                path,
+                format!("values of type {other:?} cannot be given as JSON"),
+            ))
+        }
     })
 }
 
@@ -195,13 +253,21 @@ pub(crate) fn from_val(val: &Val, budget: &mut u64) -> Result<Value, TooLarge> {
             spend(budget, s.len())?;
             Value::String(s.clone())
         }
-        Val::List(items) | Val::Tuple(items) | Val::FixedLengthList(items) => {
-            Value::Array(items.iter().map(|v| from_val(v, budget)).collect::<Result<_, _>>()?)
-        }
+        Val::List(items) | Val::Tuple(items) | Val::FixedLengthList(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| from_val(v, budget))
+                .collect::<Result<_, _>>()?,
+        ),
         Val::Map(entries) => Value::Array(
             entries
                 .iter()
-                .map(|(k, v)| Ok(Value::Array(vec![from_val(k, budget)?, from_val(v, budget)?])))
+                .map(|(k, v)| {
+                    Ok(Value::Array(vec![
+                        from_val(k, budget)?,
+                        from_val(v, budget)?,
+                    ]))
+                })
                 .collect::<Result<_, _>>()?,
         ),
         Val::Record(fields) => {
@@ -243,4 +309,3 @@ pub(crate) fn from_val(val: &Val, budget: &mut u64) -> Result<Value, TooLarge> {
         }
     })
 }
-

@@ -81,7 +81,10 @@ impl KvStore {
     /// Stores `value` under `key` durably.
     pub fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), KvError> {
         if key.len() > MAX_KEY_BYTES {
-            return Err(KvError::TooLarge(format!("key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
+            return Err(KvError::TooLarge(format!(
+                "key is {} bytes; the limit is {MAX_KEY_BYTES}",
+                key.len()
+            )));
         }
         if value.len() > MAX_VALUE_BYTES {
             return Err(KvError::TooLarge(format!(
@@ -89,7 +92,11 @@ impl KvStore {
                 value.len()
             )));
         }
-        let old = self.content.entries.get(key).map_or(0, |v| key.len() + v.len());
+        let old = self
+            .content
+            .entries
+            .get(key)
+            .map_or(0, |v| key.len() + v.len());
         let used = self.used - old + key.len() + value.len();
         if used > QUOTA_BYTES {
             return Err(KvError::QuotaExceeded(format!(
@@ -151,12 +158,22 @@ mod tests {
         assert_eq!(reopened.get("session"), None);
 
         let mut kv = reopened;
-        assert!(matches!(kv.set(&"k".repeat(2000), vec![]), Err(KvError::TooLarge(_))));
-        assert!(matches!(kv.set("v", vec![0; MAX_VALUE_BYTES + 1]), Err(KvError::TooLarge(_))));
+        assert!(matches!(
+            kv.set(&"k".repeat(2000), vec![]),
+            Err(KvError::TooLarge(_))
+        ));
+        assert!(matches!(
+            kv.set("v", vec![0; MAX_VALUE_BYTES + 1]),
+            Err(KvError::TooLarge(_))
+        ));
         for i in 0..4 {
-            kv.set(&format!("big{i}"), vec![1; MAX_VALUE_BYTES - 10]).unwrap();
+            kv.set(&format!("big{i}"), vec![1; MAX_VALUE_BYTES - 10])
+                .unwrap();
         }
-        assert!(matches!(kv.set("big4", vec![1; MAX_VALUE_BYTES - 10]), Err(KvError::QuotaExceeded(_))));
+        assert!(matches!(
+            kv.set("big4", vec![1; MAX_VALUE_BYTES - 10]),
+            Err(KvError::QuotaExceeded(_))
+        ));
         // Overwriting within the quota is fine.
         kv.set("big0", vec![2; 10]).unwrap();
     }

@@ -126,11 +126,17 @@ impl Manifest {
         if !is_identifier(&self.id) {
             return bad(
                 "id",
-                format!("{:?} must be 1-64 lower-case letters, digits, `-` or `_`", self.id),
+                format!(
+                    "{:?} must be 1-64 lower-case letters, digits, `-` or `_`",
+                    self.id
+                ),
             );
         }
         if self.component.is_empty() || Path::new(&self.component).is_absolute() {
-            return bad("component", "must be a path relative to the manifest".into());
+            return bad(
+                "component",
+                "must be a path relative to the manifest".into(),
+            );
         }
         if let Some(sha) = &self.sha256 {
             if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -228,9 +234,18 @@ memory_mib = 128
     fn errors_name_the_field() {
         assert_eq!(field_of(&GOOD.replace("\"vcenter\"", "\"VC!\"")), "id");
         assert_eq!(field_of(&GOOD.replace("vc:443", "vc:99999")), "hosts.1");
-        assert_eq!(field_of(&GOOD.replace("memory_mib = 128", "memory_mib = 0")), "limits.memory_mib");
-        assert_eq!(field_of(&GOOD.replace("\"password\"", "\"Pass word\"")), "secrets.0");
-        assert_eq!(field_of(&GOOD.replace("plugin.wasm", "/abs.wasm")), "component");
+        assert_eq!(
+            field_of(&GOOD.replace("memory_mib = 128", "memory_mib = 0")),
+            "limits.memory_mib"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace("\"password\"", "\"Pass word\"")),
+            "secrets.0"
+        );
+        assert_eq!(
+            field_of(&GOOD.replace("plugin.wasm", "/abs.wasm")),
+            "component"
+        );
         assert!(matches!(
             parse(&GOOD.replace("^0.1", "^2")),
             Err(RuntimeError::UnsupportedWit { .. })

@@ -78,7 +78,8 @@ pub fn package(source: &Path, out: &Path) -> Result<Manifest> {
     manifest.sha256 = Some(sha256_file(&target)?);
     manifest.component = COMPONENT_FILE.into();
     let out_manifest = out.join(MANIFEST_FILE);
-    std::fs::write(&out_manifest, manifest.to_toml()).map_err(|e| RuntimeError::io(&out_manifest, e))?;
+    std::fs::write(&out_manifest, manifest.to_toml())
+        .map_err(|e| RuntimeError::io(&out_manifest, e))?;
     Ok(manifest)
 }
 
@@ -99,7 +100,11 @@ impl PluginStore {
 
     /// Verifies, precompiles and installs a package; replaces an installed
     /// version of the same plugin atomically.
-    pub fn install(&self, engine: &PluginEngine, source: &Path) -> Result<(InstalledPlugin, ComponentInfo)> {
+    pub fn install(
+        &self,
+        engine: &PluginEngine,
+        source: &Path,
+    ) -> Result<(InstalledPlugin, ComponentInfo)> {
         let manifest_path = manifest_file(source);
         let manifest = Manifest::load(&manifest_path)?;
         let Some(expected) = manifest.sha256.clone() else {
@@ -124,7 +129,10 @@ impl PluginStore {
         if !manifest.wit.matches(&info.wit_version) {
             return Err(RuntimeError::UnsupportedWit {
                 plugin: manifest.id.clone(),
-                wanted: format!("{} (manifest) but the component exports {}", manifest.wit, info.wit_version),
+                wanted: format!(
+                    "{} (manifest) but the component exports {}",
+                    manifest.wit, info.wit_version
+                ),
                 supported: crate::manifest::supported_list(),
             });
         }
@@ -138,7 +146,8 @@ impl PluginStore {
         let mut installed = manifest.clone();
         installed.component = COMPONENT_FILE.into();
         installed.sha256 = Some(actual);
-        std::fs::copy(&wasm, staging.join(COMPONENT_FILE)).map_err(|e| RuntimeError::io(&staging, e))?;
+        std::fs::copy(&wasm, staging.join(COMPONENT_FILE))
+            .map_err(|e| RuntimeError::io(&staging, e))?;
         std::fs::write(staging.join(MANIFEST_FILE), installed.to_toml())
             .map_err(|e| RuntimeError::io(&staging, e))?;
         let old = self.root.join(format!(".{}.old", manifest.id));

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker, Val};
 use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, ComponentExportIndex, Instance, InstancePre, Linker, Val};
 use wasmtime::{Store, Trap};
 
 use crate::capabilities::{inspect, ComponentInfo};
@@ -131,7 +131,11 @@ impl Runtime {
     }
 
     /// Like [`Runtime::open`], sharing an existing engine.
-    pub fn with_engine(engine: Arc<PluginEngine>, home: HavenHome, events: Option<EventSink>) -> Result<Self> {
+    pub fn with_engine(
+        engine: Arc<PluginEngine>,
+        home: HavenHome,
+        events: Option<EventSink>,
+    ) -> Result<Self> {
         let plugins = PluginStore::open(&home.plugins_dir())?;
         let linker = linker(&engine)?;
         let mut runtime = Self {
@@ -151,7 +155,9 @@ impl Runtime {
                 }
                 Err(e) => {
                     tracing::warn!(instance = %name, "instance unavailable: {e}");
-                    runtime.unavailable.insert(name, (config.plugin.clone(), e.to_string()));
+                    runtime
+                        .unavailable
+                        .insert(name, (config.plugin.clone(), e.to_string()));
                 }
             }
         }
@@ -171,11 +177,15 @@ impl Runtime {
     fn prepare(&self, file: &Path, name: &str, config: &InstanceConfig) -> Result<Slot> {
         let plugin: InstalledPlugin = self.plugins.get(&config.plugin)?;
         let resolved = ResolvedInstance::resolve(file, name, config, &plugin.manifest)?;
-        let component = self.engine.load(&plugin.manifest.id, &plugin.wasm_path(), plugin.sha256())?;
+        let component =
+            self.engine
+                .load(&plugin.manifest.id, &plugin.wasm_path(), plugin.sha256())?;
         let info = inspect(&plugin.manifest.id, self.engine.engine(), &component)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| RuntimeError::InvalidComponent {
-            plugin: plugin.manifest.id.clone(),
-            message: format!("imports something Haven does not provide: {e:#}"),
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            RuntimeError::InvalidComponent {
+                plugin: plugin.manifest.id.clone(),
+                message: format!("imports something Haven does not provide: {e:#}"),
+            }
         })?;
         let dir = self.home.instance_dir(name);
         let data_dir = dir.join("data");
@@ -206,11 +216,17 @@ impl Runtime {
                     functions: s.functions.keys().cloned().collect(),
                 },
             })
-            .chain(self.unavailable.iter().map(|(name, (plugin, reason))| InstanceSummary {
-                name: name.clone(),
-                plugin: plugin.clone(),
-                state: InstanceState::Unavailable { reason: reason.clone() },
-            }))
+            .chain(
+                self.unavailable
+                    .iter()
+                    .map(|(name, (plugin, reason))| InstanceSummary {
+                        name: name.clone(),
+                        plugin: plugin.clone(),
+                        state: InstanceState::Unavailable {
+                            reason: reason.clone(),
+                        },
+                    }),
+            )
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -248,31 +264,52 @@ impl Runtime {
     pub async fn call(&self, instance: &str, function: &str, args: &Value) -> Result<Value> {
         let slot = self.slot(instance)?.clone();
         let key = short_name(function);
-        let index = *slot.functions.get(&key).ok_or_else(|| RuntimeError::UnknownFunction {
-            instance: instance.into(),
-            function: function.into(),
-            available: slot.functions.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
+        let index = *slot
+            .functions
+            .get(&key)
+            .ok_or_else(|| RuntimeError::UnknownFunction {
+                instance: instance.into(),
+                function: function.into(),
+                available: slot
+                    .functions
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
         let mut live = slot.live.lock().await;
         if live.is_none() {
             *live = Some(self.instantiate(&slot).await?);
         }
         let current = live.as_mut().expect("instantiated above");
         let result = invoke(&slot, current, index, &key, args).await;
-        if matches!(result, Err(RuntimeError::Trapped { .. } | RuntimeError::ResultTooLarge { .. })) {
+        if matches!(
+            result,
+            Err(RuntimeError::Trapped { .. } | RuntimeError::ResultTooLarge { .. })
+        ) {
             *live = None;
         }
         result
     }
 
     async fn instantiate(&self, slot: &Slot) -> Result<Live> {
-        let state = HostState::new(slot.resolved.clone(), &slot.data_dir, slot.kv.clone(), self.events.clone())?;
+        let state = HostState::new(
+            slot.resolved.clone(),
+            &slot.data_dir,
+            slot.kv.clone(),
+            self.events.clone(),
+        )?;
         let mut store = Store::new(self.engine.engine(), state);
         store.limiter(|s| s.limiter());
         store.epoch_deadline_trap();
         let timeout = Duration::from_millis(slot.resolved.limits.call_timeout_ms);
         arm(&mut store, "instantiate", timeout);
-        let instance = match tokio::time::timeout(timeout + BLOCKED_GRACE, slot.pre.instantiate_async(&mut store)).await {
+        let instance = match tokio::time::timeout(
+            timeout + BLOCKED_GRACE,
+            slot.pre.instantiate_async(&mut store),
+        )
+        .await
+        {
             Ok(Ok(instance)) => instance,
             Ok(Err(e)) => return Err(trapped(slot, &store, "instantiate", &e)),
             Err(_) => return Err(blocked(slot, "instantiate")),
@@ -286,10 +323,13 @@ impl Runtime {
     /// Checks the settings against `describe` and calls `configure`.
     async fn configure(&self, slot: &Slot, live: &mut Live) -> Result<()> {
         let file = self.home.instances_file();
-        let describe = *slot.functions.get("connector.describe").expect("every connector exports describe");
+        let describe = *slot
+            .functions
+            .get("connector.describe")
+            .expect("every connector exports describe");
         let info = invoke(slot, live, describe, "connector.describe", &Value::Null).await?;
         let specs = info["settings"].as_array().cloned().unwrap_or_default();
-        for (key, _) in &slot.resolved.settings {
+        for key in slot.resolved.settings.keys() {
             if !specs.iter().any(|s| s["key"] == key.as_str()) {
                 let known: Vec<_> = specs.iter().filter_map(|s| s["key"].as_str()).collect();
                 return Err(RuntimeError::config(
@@ -313,7 +353,10 @@ impl Runtime {
                     return Err(RuntimeError::config(
                         &file,
                         format!("instances.{}.settings.{key}", slot.name),
-                        format!("is required: {}", spec["description"].as_str().unwrap_or_default()),
+                        format!(
+                            "is required: {}",
+                            spec["description"].as_str().unwrap_or_default()
+                        ),
                     ))
                 }
                 None => {}
@@ -323,7 +366,10 @@ impl Runtime {
             .iter()
             .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
             .collect::<Vec<_>>()]);
-        let configure = *slot.functions.get("connector.configure").expect("every connector exports configure");
+        let configure = *slot
+            .functions
+            .get("connector.configure")
+            .expect("every connector exports configure");
         let outcome = invoke(slot, live, configure, "connector.configure", &args).await?;
         match outcome.get("err") {
             Some(err) => Err(RuntimeError::Configure {
@@ -337,14 +383,24 @@ impl Runtime {
 
 /// Sets the store's deadline for the next call.
 fn arm(store: &mut Store<HostState>, function: &str, timeout: Duration) {
-    store.data_mut().begin_call(function, Instant::now() + timeout);
+    store
+        .data_mut()
+        .begin_call(function, Instant::now() + timeout);
     let ticks = timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()).max(1);
     store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
 }
 
-async fn invoke(slot: &Slot, live: &mut Live, index: ComponentExportIndex, function: &str, args: &Value) -> Result<Value> {
+async fn invoke(
+    slot: &Slot,
+    live: &mut Live,
+    index: ComponentExportIndex,
+    function: &str,
+    args: &Value,
+) -> Result<Value> {
     let Live { store, instance } = live;
-    let func = instance.get_func(&mut *store, index).expect("export index of this component");
+    let func = instance
+        .get_func(&mut *store, index)
+        .expect("export index of this component");
     let ty = func.ty(&*store);
     let params: Vec<(String, wasmtime::component::types::Type)> =
         ty.params().map(|(n, t)| (n.to_owned(), t)).collect();
@@ -359,15 +415,33 @@ async fn invoke(slot: &Slot, live: &mut Live, index: ComponentExportIndex, funct
         Value::Object(map) => {
             if let Some(unknown) = map.keys().find(|k| !params.iter().any(|(n, _)| n == *k)) {
                 let names: Vec<_> = params.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(bad(unknown.clone(), format!("no such parameter; expected {names:?}")));
+                return Err(bad(
+                    unknown.clone(),
+                    format!("no such parameter; expected {names:?}"),
+                ));
             }
-            params.iter().map(|(n, _)| map.get(n).cloned().unwrap_or(Value::Null)).collect()
+            params
+                .iter()
+                .map(|(n, _)| map.get(n).cloned().unwrap_or(Value::Null))
+                .collect()
         }
-        other => return Err(bad("(arguments)".into(), format!("expected an array or an object, got {other}"))),
+        other => {
+            return Err(bad(
+                "(arguments)".into(),
+                format!("expected an array or an object, got {other}"),
+            ))
+        }
     };
     if positional.len() != params.len() {
         let names: Vec<_> = params.iter().map(|(n, _)| n.as_str()).collect();
-        return Err(bad("(arguments)".into(), format!("expected {} arguments {names:?}, got {}", params.len(), positional.len())));
+        return Err(bad(
+            "(arguments)".into(),
+            format!(
+                "expected {} arguments {names:?}, got {}",
+                params.len(),
+                positional.len()
+            ),
+        ));
     }
     let values = positional
         .iter()
@@ -379,7 +453,12 @@ async fn invoke(slot: &Slot, live: &mut Live, index: ComponentExportIndex, funct
 
     let timeout = Duration::from_millis(slot.resolved.limits.call_timeout_ms);
     arm(store, function, timeout);
-    match tokio::time::timeout(timeout + BLOCKED_GRACE, func.call_async(&mut *store, &values, &mut results)).await {
+    match tokio::time::timeout(
+        timeout + BLOCKED_GRACE,
+        func.call_async(&mut *store, &values, &mut results),
+    )
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(trapped(slot, store, function, &e)),
         Err(_) => return Err(blocked(slot, function)),
@@ -402,7 +481,12 @@ async fn invoke(slot: &Slot, live: &mut Live, index: ComponentExportIndex, funct
     }
 }
 
-fn trapped(slot: &Slot, store: &Store<HostState>, function: &str, error: &wasmtime::Error) -> RuntimeError {
+fn trapped(
+    slot: &Slot,
+    store: &Store<HostState>,
+    function: &str,
+    error: &wasmtime::Error,
+) -> RuntimeError {
     let kind = if store.data().limiter.hit {
         TrapKind::OutOfMemory
     } else {
@@ -413,7 +497,11 @@ fn trapped(slot: &Slot, store: &Store<HostState>, function: &str, error: &wasmti
         }
     };
     let output = store.data().output_tail();
-    let detail = match output.lines().rev().find(|l| l.contains("panicked") || l.contains("failed")) {
+    let detail = match output
+        .lines()
+        .rev()
+        .find(|l| l.contains("panicked") || l.contains("failed"))
+    {
         Some(line) => format!(": {line}"),
         None if kind == TrapKind::Crashed => format!(": {error:#}"),
         None => String::new(),
@@ -439,7 +527,10 @@ fn blocked(slot: &Slot, function: &str) -> RuntimeError {
 
 /// `haven:connector/inventory@0.1.0#list-vms` → `inventory.list-vms`.
 fn short_name(function: &str) -> String {
-    match function.strip_prefix("haven:connector/").and_then(|r| r.split_once('#')) {
+    match function
+        .strip_prefix("haven:connector/")
+        .and_then(|r| r.split_once('#'))
+    {
         Some((iface, func)) => format!("{}.{func}", iface.split('@').next().unwrap_or(iface)),
         None => function.to_owned(),
     }
@@ -454,8 +545,7 @@ fn exported_functions(
     let mut functions = BTreeMap::new();
     for capability in &info.capabilities {
         let name = info.export_name(*capability);
-        let Some((ComponentItem::ComponentInstance(ty), iface)) = component
-            .get_export(None, &name)
+        let Some((ComponentItem::ComponentInstance(ty), iface)) = component.get_export(None, &name)
         else {
             continue;
         };

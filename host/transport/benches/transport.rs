@@ -51,7 +51,9 @@ fn binaries(need: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(need);
     let mut stack = vec![PathBuf::from("/usr/lib"), PathBuf::from("/usr/bin")];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         let mut ents: Vec<_> = rd.flatten().collect();
         ents.sort_by_key(|e| e.file_name());
         for e in ents {
@@ -109,14 +111,21 @@ fn scatter(path: &Path, data: &mut [u8], fraction: f64, len: usize, seed: u64) -
         }
         used[s] = true;
         rng.fill(&mut data[s * len..(s + 1) * len]);
-        std::os::unix::fs::FileExt::write_all_at(&f, &data[s * len..(s + 1) * len], (s * len) as u64).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(
+            &f,
+            &data[s * len..(s + 1) * len],
+            (s * len) as u64,
+        )
+        .unwrap();
         done += 1;
     }
     (n * len) as u64
 }
 
 fn du(p: &Path) -> u64 {
-    let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
     if m.is_dir() {
         std::fs::read_dir(p)
             .map(|rd| rd.flatten().map(|e| du(&e.path())).sum())
@@ -176,7 +185,10 @@ impl Others {
         }
         let repo = self.dir.join("restic");
         if !repo.exists() {
-            sh(Command::new("restic").args(["init", "-q", "--repo"]).arg(&repo).env("RESTIC_PASSWORD", "x"));
+            sh(Command::new("restic")
+                .args(["init", "-q", "--repo"])
+                .arg(&repo)
+                .env("RESTIC_PASSWORD", "x"));
         }
         let before = du(&repo);
         let (s, _) = sh(Command::new("restic")
@@ -198,7 +210,10 @@ impl Others {
             ("BORG_BASE_DIR", self.dir.to_str().unwrap_or(".")),
         ];
         if !repo.exists() {
-            sh(Command::new("borg").args(["init", "-e", "none"]).arg(&repo).envs(env));
+            sh(Command::new("borg")
+                .args(["init", "-e", "none"])
+                .arg(&repo)
+                .envs(env));
         }
         let before = du(&repo);
         let (s, _) = sh(Command::new("borg")
@@ -216,7 +231,13 @@ impl Others {
         let dst = self.dir.join("rsync-dst");
         std::fs::create_dir_all(&dst).ok()?;
         let (s, text) = sh(Command::new("rsync")
-            .args(["--inplace", "--no-whole-file", "--ignore-times", "--stats", "-e"])
+            .args([
+                "--inplace",
+                "--no-whole-file",
+                "--ignore-times",
+                "--stats",
+                "-e",
+            ])
             .arg(&self.rsh)
             .arg(img)
             .arg(format!("localhost:{}/disk.raw", dst.display())));
@@ -230,10 +251,15 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2048);
     let size = size_mb * MIB;
-    let work = PathBuf::from(std::env::var("HAVEN_BENCH_DIR").unwrap_or_else(|_| "/var/tmp/haven-bench".into()));
+    let work = PathBuf::from(
+        std::env::var("HAVEN_BENCH_DIR").unwrap_or_else(|_| "/var/tmp/haven-bench".into()),
+    );
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
-    let missing: Vec<&str> = ["restic", "borg", "rsync", "zstd"].into_iter().filter(|t| !have(t)).collect();
+    let missing: Vec<&str> = ["restic", "borg", "rsync", "zstd"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
     if !missing.is_empty() {
         println!(
             "NOTE: {} missing, skipped; install with: apt-get install -y restic borgbackup rsync zstd",
@@ -242,18 +268,34 @@ fn main() {
     }
     let rsh = work.join("rsh.sh");
     std::fs::write(&rsh, "#!/bin/sh\nshift\nexec \"$@\"\n").unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&rsh).status().unwrap();
-    let others = Others { dir: work.clone(), rsh };
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&rsh)
+        .status()
+        .unwrap();
+    let others = Others {
+        dir: work.clone(),
+        rsh,
+    };
 
     println!("generating a {size_mb} MiB image (1/2 random, 1/4 zeros, 1/4 /usr binaries)...");
     let img = work.join("disk.raw");
     let mut data = generate(&img, size);
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let repo_dir = work.join("haven-repo");
     let repo = Repository::open(&repo_dir, None).unwrap();
     let (cert, key) = tls::self_signed(&work, &[]).unwrap();
-    let target = rt.block_on(Target::bind("127.0.0.1:0", TargetOptions::new(repo.clone(), tls::server_config(&cert, &key).unwrap()))).unwrap();
+    let target = rt
+        .block_on(Target::bind(
+            "127.0.0.1:0",
+            TargetOptions::new(repo.clone(), tls::server_config(&cert, &key).unwrap()),
+        ))
+        .unwrap();
     let addr = target.local_addr().unwrap().to_string();
     rt.spawn(target.run(std::future::pending()));
     let haven = |path: &Path, replica: &str| {
@@ -263,8 +305,7 @@ fn main() {
             vec![addr.clone()],
             Trust::Pinned(cert.clone()),
         );
-        let r = rt.block_on(replicate(o)).unwrap();
-        r
+        rt.block_on(replicate(o)).unwrap()
     };
 
     let mut rows: Vec<Row> = Vec::new();
@@ -276,22 +317,55 @@ fn main() {
     let case = "full";
     let before = du(&replica_dir);
     let r = haven(&img, "vm1");
-    rows.push(Row { case, tool: "haven", secs: r.duration.as_secs_f64(), wire: Some(r.wire_bytes()), stored: Some(du(&replica_dir) - before) });
+    rows.push(Row {
+        case,
+        tool: "haven",
+        secs: r.duration.as_secs_f64(),
+        wire: Some(r.wire_bytes()),
+        stored: Some(du(&replica_dir) - before),
+    });
     if have("zstd") {
         let out = work.join("disk.raw.zst");
-        let (s, _) = sh(Command::new("zstd").args(["-1", "-T2", "-q", "-f", "-o"]).arg(&out).arg(&img));
+        let (s, _) = sh(Command::new("zstd")
+            .args(["-1", "-T2", "-q", "-f", "-o"])
+            .arg(&out)
+            .arg(&img));
         let n = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
-        rows.push(Row { case, tool: "zstd -1", secs: s, wire: Some(n), stored: Some(n) });
+        rows.push(Row {
+            case,
+            tool: "zstd -1",
+            secs: s,
+            wire: Some(n),
+            stored: Some(n),
+        });
         let _ = std::fs::remove_file(out);
     }
     if let Some((s, st)) = others.restic(&img) {
-        rows.push(Row { case, tool: "restic", secs: s, wire: None, stored: Some(st) });
+        rows.push(Row {
+            case,
+            tool: "restic",
+            secs: s,
+            wire: None,
+            stored: Some(st),
+        });
     }
     if let Some((s, st)) = others.borg(&img, "full") {
-        rows.push(Row { case, tool: "borg", secs: s, wire: None, stored: Some(st) });
+        rows.push(Row {
+            case,
+            tool: "borg",
+            secs: s,
+            wire: None,
+            stored: Some(st),
+        });
     }
     if let Some((s, w, st)) = others.rsync(&img) {
-        rows.push(Row { case, tool: "rsync", secs: s, wire: Some(w), stored: Some(st) });
+        rows.push(Row {
+            case,
+            tool: "rsync",
+            secs: s,
+            wire: Some(w),
+            stored: Some(st),
+        });
     }
 
     // 2/3. Incremental passes.
@@ -303,15 +377,39 @@ fn main() {
         changed.push((case, ch));
         let before = du(&replica_dir);
         let r = haven(&img, "vm1");
-        rows.push(Row { case, tool: "haven", secs: r.duration.as_secs_f64(), wire: Some(r.wire_bytes()), stored: Some(du(&replica_dir).saturating_sub(before)) });
+        rows.push(Row {
+            case,
+            tool: "haven",
+            secs: r.duration.as_secs_f64(),
+            wire: Some(r.wire_bytes()),
+            stored: Some(du(&replica_dir).saturating_sub(before)),
+        });
         if let Some((s, st)) = others.restic(&img) {
-            rows.push(Row { case, tool: "restic", secs: s, wire: None, stored: Some(st) });
+            rows.push(Row {
+                case,
+                tool: "restic",
+                secs: s,
+                wire: None,
+                stored: Some(st),
+            });
         }
         if let Some((s, st)) = others.borg(&img, if len == 4096 { "inc4" } else { "inc64" }) {
-            rows.push(Row { case, tool: "borg", secs: s, wire: None, stored: Some(st) });
+            rows.push(Row {
+                case,
+                tool: "borg",
+                secs: s,
+                wire: None,
+                stored: Some(st),
+            });
         }
         if let Some((s, w, _)) = others.rsync(&img) {
-            rows.push(Row { case, tool: "rsync", secs: s, wire: Some(w), stored: None });
+            rows.push(Row {
+                case,
+                tool: "rsync",
+                secs: s,
+                wire: Some(w),
+                stored: None,
+            });
         }
     }
 
@@ -329,12 +427,30 @@ fn main() {
         let before = du(&replica_dir);
         let r2 = haven(&img2, "vm2");
         dedup_saved = r2.dedup_saved_bytes();
-        rows.push(Row { case, tool: "haven", secs: r2.duration.as_secs_f64(), wire: Some(r2.wire_bytes()), stored: Some(du(&replica_dir) - before) });
+        rows.push(Row {
+            case,
+            tool: "haven",
+            secs: r2.duration.as_secs_f64(),
+            wire: Some(r2.wire_bytes()),
+            stored: Some(du(&replica_dir) - before),
+        });
         if let Some((s, st)) = others.restic(&img2) {
-            rows.push(Row { case, tool: "restic", secs: s, wire: None, stored: Some(st) });
+            rows.push(Row {
+                case,
+                tool: "restic",
+                secs: s,
+                wire: None,
+                stored: Some(st),
+            });
         }
         if let Some((s, st)) = others.borg(&img2, "vm2") {
-            rows.push(Row { case, tool: "borg", secs: s, wire: None, stored: Some(st) });
+            rows.push(Row {
+                case,
+                tool: "borg",
+                secs: s,
+                wire: None,
+                stored: Some(st),
+            });
         }
     }
 
@@ -342,7 +458,11 @@ fn main() {
     let mb = |b: u64| b as f64 / 1e6;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "\nimage {size_mb} MiB; wire = bytes on the network (haven: TLS bytes both ways; rsync: its --stats); stored = bytes added on disk");
-    let _ = writeln!(out, "{:<20} {:<8} {:>8} {:>9} {:>11} {:>11}", "case", "tool", "wall s", "MB/s", "wire MB", "stored MB");
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:>8} {:>9} {:>11} {:>11}",
+        "case", "tool", "wall s", "MB/s", "wire MB", "stored MB"
+    );
     for r in &rows {
         let _ = writeln!(
             out,
@@ -355,33 +475,64 @@ fn main() {
             r.stored.map_or("-".into(), |s| format!("{:.1}", mb(s))),
         );
     }
-    let get = |case: &str, tool: &str| rows.iter().find(|r| r.case == case && r.tool == tool).cloned();
+    let get = |case: &str, tool: &str| {
+        rows.iter()
+            .find(|r| r.case == case && r.tool == tool)
+            .cloned()
+    };
     let _ = writeln!(out, "\nratios and targets:");
     if let Some(h) = get("full", "haven") {
         let rate = size as f64 / 1e6 / h.secs;
-        let _ = writeln!(out, "  full pass: {rate:.0} MB/s (target >= 500) {}", if rate >= 500.0 { "PASS" } else { "FAIL" });
+        let _ = writeln!(
+            out,
+            "  full pass: {rate:.0} MB/s (target >= 500) {}",
+            if rate >= 500.0 { "PASS" } else { "FAIL" }
+        );
         if let Some(z) = get("full", "zstd -1") {
             let ratio = h.wire.unwrap_or(0) as f64 / z.wire.unwrap_or(1) as f64;
-            let _ = writeln!(out, "  full pass wire / zstd -1 output: {ratio:.3} (target <= 1) {}", if ratio <= 1.0 { "PASS" } else { "FAIL" });
+            let _ = writeln!(
+                out,
+                "  full pass wire / zstd -1 output: {ratio:.3} (target <= 1) {}",
+                if ratio <= 1.0 { "PASS" } else { "FAIL" }
+            );
         }
     }
     for (case, ch) in &changed {
-        let Some(h) = get(case, "haven") else { continue };
+        let Some(h) = get(case, "haven") else {
+            continue;
+        };
         if case.starts_with("inc") {
             for tool in ["restic", "borg", "rsync"] {
                 if let Some(o) = get(case, tool) {
                     let x = o.secs / h.secs;
-                    let _ = writeln!(out, "  {case}: {x:.1}x faster than {tool} (target >= 5) {}", if x >= 5.0 { "PASS" } else { "FAIL" });
+                    let _ = writeln!(
+                        out,
+                        "  {case}: {x:.1}x faster than {tool} (target >= 5) {}",
+                        if x >= 5.0 { "PASS" } else { "FAIL" }
+                    );
                 }
             }
             let x = h.wire.unwrap_or(0) as f64 / *ch as f64;
-            let _ = writeln!(out, "  {case}: wire / changed bytes = {x:.3} (target <= 1.1) {}", if x <= 1.1 { "PASS" } else { "FAIL" });
+            let _ = writeln!(
+                out,
+                "  {case}: wire / changed bytes = {x:.3} (target <= 1.1) {}",
+                if x <= 1.1 { "PASS" } else { "FAIL" }
+            );
             if let Some(o) = get(case, "rsync") {
-                let _ = writeln!(out, "  {case}: rsync wire / changed bytes = {:.3}", o.wire.unwrap_or(0) as f64 / *ch as f64);
+                let _ = writeln!(
+                    out,
+                    "  {case}: rsync wire / changed bytes = {:.3}",
+                    o.wire.unwrap_or(0) as f64 / *ch as f64
+                );
             }
         } else {
             let x = h.wire.unwrap_or(0) as f64 / size as f64;
-            let _ = writeln!(out, "  {case}: wire / image size = {x:.3} (target <= 0.25) {} (dedup saved {:.1} MB)", if x <= 0.25 { "PASS" } else { "FAIL" }, mb(dedup_saved));
+            let _ = writeln!(
+                out,
+                "  {case}: wire / image size = {x:.3} (target <= 0.25) {} (dedup saved {:.1} MB)",
+                if x <= 0.25 { "PASS" } else { "FAIL" },
+                mb(dedup_saved)
+            );
         }
     }
     drop(out);

@@ -233,7 +233,9 @@ pub async fn run_replica(args: ReplicaArgs) -> anyhow::Result<()> {
     let repo = Repository::open(&args.repo, load_key(&args.encryption_key, false)?)?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         match args.command {
-            ReplicaCommand::List => println!("{}", serde_json::to_string_pretty(&repo.replicas()?)?),
+            ReplicaCommand::List => {
+                println!("{}", serde_json::to_string_pretty(&repo.replicas()?)?)
+            }
             ReplicaCommand::Points { name } => {
                 println!("{}", serde_json::to_string_pretty(&repo.points(&name)?)?)
             }

@@ -12,7 +12,9 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::digest::{digest_blocks, digest_groups, zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS, GROUP_SIZE};
+use crate::digest::{
+    digest_blocks, digest_groups, zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS, GROUP_SIZE,
+};
 use crate::error::{Result, TransportError};
 use crate::events::{Event, EventSink};
 use crate::gateway;
@@ -172,9 +174,9 @@ pub async fn replicate(opts: ReplicateOptions) -> Result<ReplicationReport> {
             Err(e) => return Err(e),
         }
     }
-    Err(TransportError::AllGatewaysFailed(Box::new(last_err.unwrap_or_else(|| {
-        TransportError::Truncated("no attempt made".into())
-    }))))
+    Err(TransportError::AllGatewaysFailed(Box::new(
+        last_err.unwrap_or_else(|| TransportError::Truncated("no attempt made".into())),
+    )))
 }
 
 /// Reads the next message that is not an [`Msg::Ack`].
@@ -302,7 +304,12 @@ async fn run_session(
     .await?;
     match reply(&mut rd, &mut acked).await? {
         Msg::Welcome(w) if w.version == PROTOCOL_VERSION => {}
-        m => return Err(TransportError::Protocol(format!("expected Welcome, got {}", m.name()))),
+        m => {
+            return Err(TransportError::Protocol(format!(
+                "expected Welcome, got {}",
+                m.name()
+            )))
+        }
     }
     let spec = opts.source.clone();
     let size = tokio::task::spawn_blocking(move || spec.open().map(|s| s.size()))
@@ -320,11 +327,21 @@ async fn run_session(
     .await?;
     let resume = match reply(&mut rd, &mut acked).await? {
         Msg::BeginOk(b) => b.resume_group,
-        m => return Err(TransportError::Protocol(format!("expected BeginOk, got {}", m.name()))),
+        m => {
+            return Err(TransportError::Protocol(format!(
+                "expected BeginOk, got {}",
+                m.name()
+            )))
+        }
     };
     report.session_offsets.push(resume * GROUP_SIZE as u64);
     if resume > 0 {
-        tracing::info!(replica = opts.replica, group = resume, offset = resume * GROUP_SIZE as u64, "resuming pass");
+        tracing::info!(
+            replica = opts.replica,
+            group = resume,
+            offset = resume * GROUP_SIZE as u64,
+            "resuming pass"
+        );
     }
     let (tx, mut rx) = mpsc::channel(3);
     spawn_reader(opts.source.clone(), opts.extents.clone(), size, resume, tx);
@@ -347,20 +364,38 @@ async fn run_session(
         .await?;
         let gbits = match reply(&mut rd, &mut acked).await? {
             Msg::NeedGroups(b) => b,
-            m => return Err(TransportError::Protocol(format!("expected NeedGroups, got {}", m.name()))),
+            m => {
+                return Err(TransportError::Protocol(format!(
+                    "expected NeedGroups, got {}",
+                    m.name()
+                )))
+            }
         };
-        let groups: Vec<usize> = (0..batch.groups.len()).filter(|&i| bit(&gbits, i)).collect();
+        let groups: Vec<usize> = (0..batch.groups.len())
+            .filter(|&i| bit(&gbits, i))
+            .collect();
         if !groups.is_empty() {
             let mut digests = Vec::with_capacity(groups.len() * GROUP_BLOCKS);
             for &g in &groups {
                 for k in 0..GROUP_BLOCKS {
-                    digests.push(batch.blocks.get(g * GROUP_BLOCKS + k).copied().unwrap_or(zero_block()));
+                    digests.push(
+                        batch
+                            .blocks
+                            .get(g * GROUP_BLOCKS + k)
+                            .copied()
+                            .unwrap_or(zero_block()),
+                    );
                 }
             }
             write_msg(&mut wr, &Msg::Blocks(digests)).await?;
             let bbits = match reply(&mut rd, &mut acked).await? {
                 Msg::NeedBlocks(b) => b,
-                m => return Err(TransportError::Protocol(format!("expected NeedBlocks, got {}", m.name()))),
+                m => {
+                    return Err(TransportError::Protocol(format!(
+                        "expected NeedBlocks, got {}",
+                        m.name()
+                    )))
+                }
             };
             let needed: Vec<usize> = (0..groups.len() * GROUP_BLOCKS)
                 .filter(|&i| bit(&bbits, i))
@@ -386,7 +421,8 @@ async fn run_session(
                 total_bytes: todo,
                 wire_bytes: counters.written.load(Ordering::Relaxed),
                 rate,
-                eta: (rate > 0.0).then(|| Duration::from_secs_f64(todo.saturating_sub(done) as f64 / rate)),
+                eta: (rate > 0.0)
+                    .then(|| Duration::from_secs_f64(todo.saturating_sub(done) as f64 / rate)),
             });
         }
     }
@@ -405,7 +441,12 @@ async fn run_session(
     write_msg(&mut wr, &Msg::Finish(Finish { size })).await?;
     let committed = match reply(&mut rd, &mut acked).await? {
         Msg::Committed(c) => c,
-        m => return Err(TransportError::Protocol(format!("expected Committed, got {}", m.name()))),
+        m => {
+            return Err(TransportError::Protocol(format!(
+                "expected Committed, got {}",
+                m.name()
+            )))
+        }
     };
     let _ = wr.shutdown().await;
     tracing::debug!(acked, "session done");

@@ -27,12 +27,17 @@ pub async fn probe(addr: &str, config: Arc<ClientConfig>, name: Option<&str>) ->
         match read_msg(&mut s).await?.0 {
             Msg::Welcome(w) => Ok(w.active_sessions),
             Msg::Error(e) => Err(crate::wire::remote_error(e)),
-            m => Err(TransportError::Protocol(format!("expected Welcome, got {}", m.name()))),
+            m => Err(TransportError::Protocol(format!(
+                "expected Welcome, got {}",
+                m.name()
+            ))),
         }
     };
     tokio::time::timeout(PROBE_TIMEOUT, fut)
         .await
-        .map_err(|_| TransportError::Truncated(format!("gateway {addr} did not answer the load probe")))?
+        .map_err(|_| {
+            TransportError::Truncated(format!("gateway {addr} did not answer the load probe"))
+        })?
 }
 
 /// Gateways ordered least loaded first; those that failed the probe come last

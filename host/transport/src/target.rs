@@ -26,8 +26,8 @@ use crate::events::{Event, EventSink};
 use crate::repo::store::{blocks_for, groups_for, read_blocks};
 use crate::repo::{BlockOp, OpKind, PassWriter, PointMeta, Repository, Retention};
 use crate::wire::{
-    self, bitmap, read_msg, write_msg, BeginOk, Committed, Msg, Purpose, TargetStats,
-    Welcome, WireError, PROTOCOL_VERSION,
+    self, bitmap, read_msg, write_msg, BeginOk, Committed, Msg, Purpose, TargetStats, Welcome,
+    WireError, PROTOCOL_VERSION,
 };
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -152,7 +152,9 @@ async fn rpo_watch(opts: Arc<TargetOptions>, threshold: Duration) {
         match opts.repo.rpo(threshold) {
             Ok(list) => {
                 for s in list {
-                    let was = exceeded.insert(s.replica.clone(), s.exceeded).unwrap_or(false);
+                    let was = exceeded
+                        .insert(s.replica.clone(), s.exceeded)
+                        .unwrap_or(false);
                     if s.exceeded && !was {
                         opts.events.emit(Event::RpoExceeded {
                             replica: s.replica,
@@ -191,7 +193,12 @@ async fn handle(
     let (mut rd, mut wr) = tokio::io::split(tls);
     let hello = match timed_read(&mut rd).await? {
         Msg::Hello(h) => h,
-        m => return Err(TransportError::Protocol(format!("expected Hello, got {}", m.name()))),
+        m => {
+            return Err(TransportError::Protocol(format!(
+                "expected Hello, got {}",
+                m.name()
+            )))
+        }
     };
     if hello.version != PROTOCOL_VERSION {
         let e = TransportError::Protocol(format!(
@@ -337,11 +344,18 @@ impl Session<'_> {
                 .and_then(|p| File::open(p).ok());
             self.files.insert(replica, f);
         }
-        self.files.get(&replica).and_then(|f| f.as_ref()?.try_clone().ok())
+        self.files
+            .get(&replica)
+            .and_then(|f| f.as_ref()?.try_clone().ok())
     }
 
     /// Plans a batch of block digests; returns the plan and the need bitmap.
-    fn plan(&mut self, groups: &[u64], bd: &[Digest], stats: &mut TargetStats) -> Result<Vec<(u64, Digest, Plan)>> {
+    fn plan(
+        &mut self,
+        groups: &[u64],
+        bd: &[Digest],
+        stats: &mut TargetStats,
+    ) -> Result<Vec<(u64, Digest, Plan)>> {
         let mut plan = Vec::with_capacity(bd.len());
         let mut lookups = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
@@ -385,9 +399,11 @@ impl Session<'_> {
             for (r, mut cands) in by_replica {
                 let Some(f) = self.file_of(r) else { continue };
                 cands.sort_unstable();
-                cands.dedup_by_key(|c| c.0);
-                let blocks: Vec<u64> = cands.iter().map(|c| c.0).collect();
-                let Ok(data) = read_blocks(&f, &blocks) else { continue };
+                let mut blocks: Vec<u64> = cands.iter().map(|c| c.0).collect();
+                blocks.dedup();
+                let Ok(data) = read_blocks(&f, &blocks) else {
+                    continue;
+                };
                 let checked: Vec<(usize, Option<Arc<Vec<u8>>>)> = cands
                     .par_iter()
                     .map(|&(blk, i)| {
@@ -442,7 +458,12 @@ async fn session<R: AsyncRead + Unpin>(
 ) -> Result<()> {
     let begin = match timed_read(rd).await? {
         Msg::Begin(b) => b,
-        m => return Err(TransportError::Protocol(format!("expected Begin, got {}", m.name()))),
+        m => {
+            return Err(TransportError::Protocol(format!(
+                "expected Begin, got {}",
+                m.name()
+            )))
+        }
     };
     let repo = opts.repo.clone();
     let (name, size, allow) = (begin.replica.clone(), begin.size, begin.allow_resize);
@@ -471,7 +492,13 @@ async fn session<R: AsyncRead + Unpin>(
     let cpb = opts.checkpoint_bytes;
     let mut writer_task =
         tokio::task::spawn_blocking(move || writer_loop(writer, cmd_rx, wout, retention, cpb));
-    tracing::info!(replica = s.name, pass = pass.id, resume_group = pass.acked_group, size, "pass started");
+    tracing::info!(
+        replica = s.name,
+        pass = pass.id,
+        resume_group = pass.acked_group,
+        size,
+        "pass started"
+    );
     let _ = out.send(Msg::BeginOk(BeginOk {
         pass: pass.id,
         resume_group: pass.acked_group,
@@ -479,7 +506,12 @@ async fn session<R: AsyncRead + Unpin>(
     let mut next_group = pass.acked_group;
     let name = s.name.clone();
     let mut writer_result = None;
-    let (cmd, out2, wt, wr) = (cmd_tx.clone(), out.clone(), &mut writer_task, &mut writer_result);
+    let (cmd, out2, wt, wr) = (
+        cmd_tx.clone(),
+        out.clone(),
+        &mut writer_task,
+        &mut writer_result,
+    );
     let result: Result<()> = async move {
         let (cmd_tx, out, writer_task) = (cmd, out2, wt);
         loop {
@@ -535,7 +567,7 @@ async fn session<R: AsyncRead + Unpin>(
                             Msg::Data(c) => c,
                             m => return Err(TransportError::Protocol(format!("expected Data, got {}", m.name()))),
                         };
-                        blocks = tokio::task::block_in_place(|| decode_verify(&chunks, &needed))?;
+                        blocks = tokio::task::block_in_place(|| decode_verify(chunks, &needed))?;
                         stats.received_bytes += (needed.len() * BLOCK_SIZE) as u64;
                     }
                     let mut it = blocks.into_iter();
@@ -580,12 +612,20 @@ async fn session<R: AsyncRead + Unpin>(
         (_, Ok(Err(e))) => Err(e),
         (Ok(()), Ok(Ok(Some(meta)))) => {
             tracing::info!(replica = name, point = meta.id, "pass committed");
-            opts.events.emit(Event::Committed { replica: name, point: meta.id });
-            let _ = out.send(Msg::Committed(Committed { point: meta.id, stats: meta.stats }));
+            opts.events.emit(Event::Committed {
+                replica: name,
+                point: meta.id,
+            });
+            let _ = out.send(Msg::Committed(Committed {
+                point: meta.id,
+                stats: meta.stats,
+            }));
             Ok(())
         }
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-        (Ok(()), Ok(Ok(None))) => Err(TransportError::Repository("pass ended without commit".into())),
+        (Ok(()), Ok(Ok(None))) => Err(TransportError::Repository(
+            "pass ended without commit".into(),
+        )),
     }
 }
 
@@ -604,7 +644,10 @@ async fn send_cmd(tx: &mpsc::Sender<WriterCmd>, cmd: WriterCmd) -> Result<()> {
 }
 
 /// Decodes data chunks and checks every block against its expected digest.
-fn decode_verify(chunks: &[wire::Chunk], needed: &[(u64, Digest)]) -> Result<Vec<(Arc<Vec<u8>>, usize)>> {
+fn decode_verify(
+    chunks: Vec<wire::Chunk>,
+    needed: &[(u64, Digest)],
+) -> Result<Vec<(Arc<Vec<u8>>, usize)>> {
     let total: usize = chunks.iter().map(|c| c.raw_len as usize / BLOCK_SIZE).sum();
     if total != needed.len() {
         return Err(TransportError::Protocol(format!(
@@ -613,7 +656,7 @@ fn decode_verify(chunks: &[wire::Chunk], needed: &[(u64, Digest)]) -> Result<Vec
         )));
     }
     let decoded: Vec<Arc<Vec<u8>>> = chunks
-        .par_iter()
+        .into_par_iter()
         .map(|c| c.decode().map(Arc::new))
         .collect::<Result<_>>()?;
     let mut out = Vec::with_capacity(needed.len());

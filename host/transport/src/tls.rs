@@ -91,7 +91,8 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(|e| TransportError::io("writing key", e))?;
-    f.write_all(data).map_err(|e| TransportError::io("writing key", e))
+    f.write_all(data)
+        .map_err(|e| TransportError::io("writing key", e))
 }
 
 /// How the source authenticates the target.
@@ -156,7 +157,9 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -232,7 +235,9 @@ impl AsyncWrite for CountingStream {
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
-            self.counters.written.fetch_add(*n as u64, Ordering::Relaxed);
+            self.counters
+                .written
+                .fetch_add(*n as u64, Ordering::Relaxed);
         }
         r
     }

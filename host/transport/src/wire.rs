@@ -135,14 +135,14 @@ pub struct Chunk {
 
 impl Chunk {
     /// Decodes to the concatenated blocks, checking every bound.
-    pub fn decode(&self) -> Result<Vec<u8>> {
+    pub fn decode(self) -> Result<Vec<u8>> {
         let raw_len = self.raw_len as usize;
         match self.codec {
             Codec::Raw => {
                 if self.bytes.len() != raw_len {
                     return Err(TransportError::Protocol("raw chunk length mismatch".into()));
                 }
-                Ok(self.bytes.clone())
+                Ok(self.bytes)
             }
             Codec::Zstd => {
                 let out = zstd::bulk::decompress(&self.bytes, raw_len)
@@ -240,8 +240,10 @@ fn digests_bytes(first: Option<u64>, d: &[Digest]) -> Vec<u8> {
 }
 
 fn parse_digests(b: &[u8]) -> Result<Vec<Digest>> {
-    if b.len() % 16 != 0 {
-        return Err(TransportError::Protocol("digest list not a multiple of 16 bytes".into()));
+    if !b.len().is_multiple_of(16) {
+        return Err(TransportError::Protocol(
+            "digest list not a multiple of 16 bytes".into(),
+        ));
     }
     Ok(b.chunks_exact(16)
         .map(|c| {
@@ -337,7 +339,9 @@ pub async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &Msg) -> Result<us
 
 fn from_json<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T> {
     if b.len() > MAX_JSON {
-        return Err(TransportError::Protocol(format!("{what} message too large")));
+        return Err(TransportError::Protocol(format!(
+            "{what} message too large"
+        )));
     }
     serde_json::from_slice(b).map_err(|e| TransportError::Protocol(format!("bad {what}: {e}")))
 }
@@ -345,10 +349,14 @@ fn from_json<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T> {
 /// Reads one message, bounding every length; returns it and its frame size.
 pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Msg, usize)> {
     let mut head = [0u8; 5];
-    r.read_exact(&mut head).await.map_err(io("reading a frame header"))?;
+    r.read_exact(&mut head)
+        .await
+        .map_err(io("reading a frame header"))?;
     let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if len == 0 || len > MAX_FRAME {
-        return Err(TransportError::Protocol(format!("frame length {len} out of bounds")));
+        return Err(TransportError::Protocol(format!(
+            "frame length {len} out of bounds"
+        )));
     }
     let kind = head[4];
     let body = len - 1;
@@ -368,9 +376,13 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Msg, usize)> {
             };
             let raw_len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
             let enc_len = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) as usize;
-            if raw_len == 0 || raw_len as usize > MAX_CHUNK || raw_len as usize % BLOCK_SIZE != 0
+            if raw_len == 0
+                || raw_len as usize > MAX_CHUNK
+                || !(raw_len as usize).is_multiple_of(BLOCK_SIZE)
             {
-                return Err(TransportError::Protocol(format!("chunk length {raw_len} invalid")));
+                return Err(TransportError::Protocol(format!(
+                    "chunk length {raw_len} invalid"
+                )));
             }
             if enc_len > left - 9 {
                 return Err(TransportError::Protocol("chunk overruns its frame".into()));
@@ -387,7 +399,9 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Msg, usize)> {
         return Ok((Msg::Data(chunks), 4 + len));
     }
     let mut p = vec![0u8; body];
-    r.read_exact(&mut p).await.map_err(io("reading a message"))?;
+    r.read_exact(&mut p)
+        .await
+        .map_err(io("reading a message"))?;
     let msg = match kind {
         K_HELLO => Msg::Hello(from_json(&p, "Hello")?),
         K_WELCOME => Msg::Welcome(from_json(&p, "Welcome")?),
@@ -404,7 +418,9 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Msg, usize)> {
             f.copy_from_slice(&p[..8]);
             let digests = parse_digests(&p[8..])?;
             if digests.is_empty() || digests.len() > BATCH_GROUPS {
-                return Err(TransportError::Protocol("Groups count out of bounds".into()));
+                return Err(TransportError::Protocol(
+                    "Groups count out of bounds".into(),
+                ));
             }
             Msg::Groups {
                 first: u64::from_be_bytes(f),
@@ -415,7 +431,9 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Msg, usize)> {
         K_BLOCKS => {
             let d = parse_digests(&p)?;
             if d.len() % GROUP_BLOCKS != 0 || d.len() > BATCH_GROUPS * GROUP_BLOCKS {
-                return Err(TransportError::Protocol("Blocks count out of bounds".into()));
+                return Err(TransportError::Protocol(
+                    "Blocks count out of bounds".into(),
+                ));
             }
             Msg::Blocks(d)
         }
@@ -428,7 +446,11 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Msg, usize)> {
             f.copy_from_slice(&p);
             Msg::Ack(u64::from_be_bytes(f))
         }
-        k => return Err(TransportError::Protocol(format!("unknown message kind {k}"))),
+        k => {
+            return Err(TransportError::Protocol(format!(
+                "unknown message kind {k}"
+            )))
+        }
     };
     Ok((msg, 4 + len))
 }
@@ -448,22 +470,46 @@ mod tests {
     #[tokio::test]
     async fn rejects_oversized_and_garbage_frames() {
         let mut big: &[u8] = &[0xff, 0xff, 0xff, 0xff, 9];
-        assert!(matches!(read_msg(&mut big).await, Err(TransportError::Protocol(_))));
+        assert!(matches!(
+            read_msg(&mut big).await,
+            Err(TransportError::Protocol(_))
+        ));
         let mut trunc: &[u8] = &[0, 0, 0, 10, K_ACK, 1, 2];
-        assert!(matches!(read_msg(&mut trunc).await, Err(TransportError::Truncated(_))));
+        assert!(matches!(
+            read_msg(&mut trunc).await,
+            Err(TransportError::Truncated(_))
+        ));
         let mut unknown: &[u8] = &[0, 0, 0, 1, 99];
-        assert!(matches!(read_msg(&mut unknown).await, Err(TransportError::Protocol(_))));
+        assert!(matches!(
+            read_msg(&mut unknown).await,
+            Err(TransportError::Protocol(_))
+        ));
         // A chunk claiming more bytes than its frame holds.
         let mut over: &[u8] = &[0, 0, 0, 10, K_DATA, 0, 0, 0, 16, 0, 0, 0, 0x10, 0];
-        assert!(matches!(read_msg(&mut over).await, Err(TransportError::Protocol(_))));
+        assert!(matches!(
+            read_msg(&mut over).await,
+            Err(TransportError::Protocol(_))
+        ));
     }
 
     #[tokio::test]
     async fn roundtrip() {
         let mut buf = Vec::new();
         let d = Digest([7; 16]);
-        write_msg(&mut buf, &Msg::Groups { first: 5, digests: vec![d; 3] }).await.unwrap();
-        let chunk = Chunk { codec: Codec::Raw, raw_len: 4096, bytes: vec![1; 4096] };
+        write_msg(
+            &mut buf,
+            &Msg::Groups {
+                first: 5,
+                digests: vec![d; 3],
+            },
+        )
+        .await
+        .unwrap();
+        let chunk = Chunk {
+            codec: Codec::Raw,
+            raw_len: 4096,
+            bytes: vec![1; 4096],
+        };
         write_msg(&mut buf, &Msg::Data(vec![chunk])).await.unwrap();
         let mut r: &[u8] = &buf;
         match read_msg(&mut r).await.unwrap().0 {
@@ -471,7 +517,7 @@ mod tests {
             m => panic!("{}", m.name()),
         }
         match read_msg(&mut r).await.unwrap().0 {
-            Msg::Data(c) => assert_eq!(c[0].decode().unwrap(), vec![1; 4096]),
+            Msg::Data(mut c) => assert_eq!(c.remove(0).decode().unwrap(), vec![1; 4096]),
             m => panic!("{}", m.name()),
         }
     }

@@ -23,9 +23,15 @@ const ROLE: &str = "HAVEN_CRASH_ROLE";
 /// Entry point of the child roles; a no-op in a normal test run.
 #[test]
 fn crash_role() {
-    let Ok(role) = std::env::var(ROLE) else { return };
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
     let dir = PathBuf::from(std::env::var("HAVEN_CRASH_DIR").unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         match role.as_str() {
             "target" => {
@@ -69,13 +75,14 @@ fn spawn(role: &str, dir: &Path) -> Child {
 
 fn start_target_process(dir: &Path) -> Child {
     let _ = std::fs::remove_file(dir.join("addr"));
-    let c = spawn("target", dir);
+    let mut c = spawn("target", dir);
     for _ in 0..200 {
         if dir.join("addr").exists() {
             return c;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    kill9(&mut c);
     panic!("target process did not start");
 }
 
@@ -85,7 +92,12 @@ fn kill9(c: &mut Child) {
 }
 
 /// Checks every retained point against the disk content it recorded.
-fn check_points(dir: &Path, expected: &mut HashMap<u64, PathBuf>, current: &Path, round: usize) -> (u64, u64) {
+fn check_points(
+    dir: &Path,
+    expected: &mut HashMap<u64, PathBuf>,
+    current: &Path,
+    round: usize,
+) -> (u64, u64) {
     let repo = Repository::open(&dir.join("repo"), None).unwrap();
     let points = repo.points("vm").unwrap_or_default();
     for p in &points {
@@ -103,9 +115,10 @@ fn check_points(dir: &Path, expected: &mut HashMap<u64, PathBuf>, current: &Path
             p.id
         );
     }
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("repo/replicas/vm/state.json")).unwrap_or_default())
-            .unwrap_or_default();
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("repo/replicas/vm/state.json")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
     let acked = state["pass"]["acked_group"].as_u64().unwrap_or(0);
     (points.last().map_or(0, |p| p.id), acked)
 }
@@ -145,7 +158,10 @@ fn kill_9_either_side_never_damages_the_last_good_point() {
             scatter_writes(&disk, &mut data, 200, 65536, rng.next());
         }
     }
-    assert!(resumed_with_progress > 0, "no kill landed after an acknowledged checkpoint");
+    assert!(
+        resumed_with_progress > 0,
+        "no kill landed after an acknowledged checkpoint"
+    );
     // A final pass without kills completes and matches the disk.
     let mut target = start_target_process(d);
     let mut source = spawn("source", d);

@@ -21,24 +21,57 @@ use tokio::net::{TcpListener, TcpStream};
 const MIB: usize = 1 << 20;
 
 /// Opens a session by hand and gets to the point of sending data for group 0.
-async fn handshake_to_data(t: &TestTarget, replica: &str, disk: &[u8]) -> (tls::ClientStream, Vec<usize>) {
+async fn handshake_to_data(
+    t: &TestTarget,
+    replica: &str,
+    disk: &[u8],
+) -> (tls::ClientStream, Vec<usize>) {
     let cfg = tls::client_config(&Trust::Pinned(t.cert.clone())).unwrap();
-    let mut s = tls::connect(&t.addr, cfg, None, Arc::new(Counters::default())).await.unwrap();
-    write_msg(&mut s, &Msg::Hello(Hello { version: PROTOCOL_VERSION, purpose: Purpose::Replicate }))
+    let mut s = tls::connect(&t.addr, cfg, None, Arc::new(Counters::default()))
         .await
         .unwrap();
+    write_msg(
+        &mut s,
+        &Msg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            purpose: Purpose::Replicate,
+        }),
+    )
+    .await
+    .unwrap();
     assert!(matches!(read_msg(&mut s).await.unwrap().0, Msg::Welcome(_)));
-    write_msg(&mut s, &Msg::Begin(Begin { replica: replica.into(), size: disk.len() as u64, allow_resize: false }))
-        .await
-        .unwrap();
+    write_msg(
+        &mut s,
+        &Msg::Begin(Begin {
+            replica: replica.into(),
+            size: disk.len() as u64,
+            allow_resize: false,
+        }),
+    )
+    .await
+    .unwrap();
     assert!(matches!(read_msg(&mut s).await.unwrap().0, Msg::BeginOk(_)));
     let blocks = digest_blocks(&disk[..65536]);
     let groups = digest_groups(&blocks);
-    write_msg(&mut s, &Msg::Groups { first: 0, digests: groups }).await.unwrap();
-    let Msg::NeedGroups(g) = read_msg(&mut s).await.unwrap().0 else { panic!() };
+    write_msg(
+        &mut s,
+        &Msg::Groups {
+            first: 0,
+            digests: groups,
+        },
+    )
+    .await
+    .unwrap();
+    let Msg::NeedGroups(g) = read_msg(&mut s).await.unwrap().0 else {
+        panic!()
+    };
     assert!(bit(&g, 0));
-    write_msg(&mut s, &Msg::Blocks(blocks[..GROUP_BLOCKS].to_vec())).await.unwrap();
-    let Msg::NeedBlocks(b) = read_msg(&mut s).await.unwrap().0 else { panic!() };
+    write_msg(&mut s, &Msg::Blocks(blocks[..GROUP_BLOCKS].to_vec()))
+        .await
+        .unwrap();
+    let Msg::NeedBlocks(b) = read_msg(&mut s).await.unwrap().0 else {
+        panic!()
+    };
     let needed: Vec<usize> = (0..GROUP_BLOCKS).filter(|&i| bit(&b, i)).collect();
     assert!(!needed.is_empty());
     (s, needed)
@@ -62,7 +95,11 @@ async fn corrupt_block_is_rejected_and_last_point_kept() {
         raw.extend_from_slice(&data[i * 4096..(i + 1) * 4096]);
     }
     raw[100] ^= 0x40;
-    let chunk = Chunk { codec: Codec::Raw, raw_len: raw.len() as u32, bytes: raw };
+    let chunk = Chunk {
+        codec: Codec::Raw,
+        raw_len: raw.len() as u32,
+        bytes: raw,
+    };
     write_msg(&mut s, &Msg::Data(vec![chunk])).await.unwrap();
     match read_msg(&mut s).await.unwrap().0 {
         Msg::Error(e) => assert_eq!(e.kind, ErrorKind::DigestMismatch, "{}", e.message),
@@ -156,7 +193,10 @@ async fn cut_connection_resumes_from_last_ack() {
     let mut data = vec![0u8; 48 * MIB];
     rng.fill(&mut data);
     std::fs::write(&src, &data).unwrap();
-    let t = start_target_with(&dir.path().join("repo"), |o| o.checkpoint_bytes = 2 * MIB as u64).await;
+    let t = start_target_with(&dir.path().join("repo"), |o| {
+        o.checkpoint_bytes = 2 * MIB as u64
+    })
+    .await;
     let (proxy, cut) = cutting_proxy(t.addr.clone(), 30 * MIB as u64).await;
     let mut o = options(&src, "vm", &t);
     o.gateways = vec![proxy];
@@ -164,7 +204,10 @@ async fn cut_connection_resumes_from_last_ack() {
     assert!(cut.load(Ordering::SeqCst));
     assert!(r.attempts >= 2, "{r:?}");
     let resumed = *r.session_offsets.last().unwrap();
-    assert!(resumed >= 16 * MIB as u64, "second session did not resume: {r:?}");
+    assert!(
+        resumed >= 16 * MIB as u64,
+        "second session did not resume: {r:?}"
+    );
     assert!(r.sent_bytes < 48 * MIB as u64 + 32 * MIB as u64 - resumed + MIB as u64);
     qemu_img_compare(&src, &t.repo.image_path("vm").unwrap());
 }
@@ -179,15 +222,29 @@ async fn gateways_least_loaded_first_and_failover() {
     std::fs::write(&src, &data).unwrap();
     let repo_dir = dir.path().join("repo");
     let repo = Repository::open(&repo_dir, None).unwrap();
-    let a = start_target_repo(repo.clone(), &repo_dir, |o| o.checkpoint_bytes = 2 * MIB as u64).await;
-    let b = start_target_repo(repo.clone(), &repo_dir, |o| o.checkpoint_bytes = 2 * MIB as u64).await;
+    let a = start_target_repo(repo.clone(), &repo_dir, |o| {
+        o.checkpoint_bytes = 2 * MIB as u64
+    })
+    .await;
+    let b = start_target_repo(repo.clone(), &repo_dir, |o| {
+        o.checkpoint_bytes = 2 * MIB as u64
+    })
+    .await;
 
     // Load gateway A with an open session: the source must pick B.
     let cfg = tls::client_config(&Trust::Pinned(a.cert.clone())).unwrap();
-    let mut busy = tls::connect(&a.addr, cfg, None, Arc::new(Counters::default())).await.unwrap();
-    write_msg(&mut busy, &Msg::Hello(Hello { version: PROTOCOL_VERSION, purpose: Purpose::Replicate }))
+    let mut busy = tls::connect(&a.addr, cfg, None, Arc::new(Counters::default()))
         .await
         .unwrap();
+    write_msg(
+        &mut busy,
+        &Msg::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            purpose: Purpose::Replicate,
+        }),
+    )
+    .await
+    .unwrap();
     read_msg(&mut busy).await.unwrap();
     let events = Arc::new(std::sync::Mutex::new(Vec::new()));
     let ev = events.clone();
@@ -196,7 +253,9 @@ async fn gateways_least_loaded_first_and_failover() {
     o.events = haven_transport::EventSink::new(move |e| ev.lock().unwrap().push(e.clone()));
     let r = replicate(o).await.unwrap();
     assert_eq!(r.gateways, vec![b.addr.clone()], "{r:?}");
-    assert!(events.lock().unwrap().iter().any(|e| matches!(e, Event::GatewaySelected { gateway, load: Some(0) } if *gateway == b.addr)));
+    assert!(events.lock().unwrap().iter().any(
+        |e| matches!(e, Event::GatewaySelected { gateway, load: Some(0) } if *gateway == b.addr)
+    ));
     drop(busy);
 
     // Failover: the connection through gateway A's proxy is cut; the pass continues on B.
@@ -231,7 +290,10 @@ async fn full_target_disk_fails_cleanly() {
     struct Umount(std::path::PathBuf);
     impl Drop for Umount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _u = Umount(mnt.clone());

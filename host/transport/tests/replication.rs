@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use haven_transport::error::ErrorKind;
+use haven_transport::replicate;
 use haven_transport::repo::{Key, Repository, Retention};
 use haven_transport::source::Extents;
 use haven_transport::tls::Trust;
-use haven_transport::replicate;
 
 const MIB: usize = 1 << 20;
 
@@ -31,9 +31,16 @@ async fn full_then_incremental_with_points_restore_and_export() {
     qemu_img_compare(&src, &img);
     // A quarter of the image is zeros: holes (matching the empty replica), not sent,
     // not allocated; the repetitive quarter is deduplicated within the pass.
-    assert!(r1.target.unchanged_bytes + r1.target.zero_bytes >= 8 * MIB as u64, "{r1:?}");
+    assert!(
+        r1.target.unchanged_bytes + r1.target.zero_bytes >= 8 * MIB as u64,
+        "{r1:?}"
+    );
     assert!(r1.sent_bytes < 17 * MIB as u64, "{r1:?}");
-    assert!(allocated(&img) <= 25 * MIB as u64, "image not sparse: {}", allocated(&img));
+    assert!(
+        allocated(&img) <= 25 * MIB as u64,
+        "image not sparse: {}",
+        allocated(&img)
+    );
     // Random half is incompressible, the text quarter compresses: payload < 60 %.
     assert!(r1.payload_bytes < (32 * MIB as u64) * 6 / 10, "{r1:?}");
 
@@ -83,7 +90,11 @@ async fn dedup_across_replicas_via_global_index() {
     let offs = scatter_writes(&b, &mut data, 16 * MIB / 65536 / 5, 65536, 9);
     let r = replicate(options(&b, "vm-b", &t)).await.unwrap();
     let changed = (offs.len() * 65536) as u64;
-    assert!(r.sent_bytes <= changed, "sent {} > changed {changed}", r.sent_bytes);
+    assert!(
+        r.sent_bytes <= changed,
+        "sent {} > changed {changed}",
+        r.sent_bytes
+    );
     assert!(r.dedup_saved_bytes() >= 16 * MIB as u64 / 3, "{r:?}");
     qemu_img_compare(&b, &t.repo.image_path("vm-b").unwrap());
 }
@@ -165,7 +176,12 @@ async fn source_shrinking_mid_pass_fails_and_keeps_last_point() {
     let s2 = src.clone();
     let shrinker = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        std::fs::OpenOptions::new().write(true).open(&s2).unwrap().set_len(MIB as u64).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&s2)
+            .unwrap()
+            .set_len(MIB as u64)
+            .unwrap();
     });
     let e = replicate(o).await.unwrap_err();
     shrinker.await.unwrap();
@@ -184,7 +200,10 @@ async fn retention_by_count_and_age() {
     let src = dir.path().join("d.raw");
     let mut data = mixed_image(&src, 4 * MIB, 8);
     let t = start_target_with(&dir.path().join("repo"), |o| {
-        o.retention = Retention { keep: Some(2), max_age: None };
+        o.retention = Retention {
+            keep: Some(2),
+            max_age: None,
+        };
     })
     .await;
     let mut versions = Vec::new();
@@ -197,7 +216,9 @@ async fn retention_by_count_and_age() {
     }
     let ids: Vec<u64> = t.repo.points("vm").unwrap().iter().map(|p| p.id).collect();
     assert_eq!(ids, vec![3, 4]);
-    let undo = std::fs::read_dir(t.repo.replica_dir("vm").unwrap().join("undo")).unwrap().count();
+    let undo = std::fs::read_dir(t.repo.replica_dir("vm").unwrap().join("undo"))
+        .unwrap()
+        .count();
     assert_eq!(undo, 1, "only the journal turning point 4 into 3 is needed");
     let out = dir.path().join("p3.raw");
     t.repo.export("vm", 3, &out).unwrap();
@@ -206,7 +227,13 @@ async fn retention_by_count_and_age() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let dropped = t
         .repo
-        .apply_retention("vm", &Retention { keep: None, max_age: Some(Duration::ZERO) })
+        .apply_retention(
+            "vm",
+            &Retention {
+                keep: None,
+                max_age: Some(Duration::ZERO),
+            },
+        )
         .unwrap();
     assert_eq!(dropped, vec![3]);
     assert_eq!(t.repo.points("vm").unwrap().len(), 1);
@@ -241,7 +268,11 @@ async fn bandwidth_limit_paces_the_pass() {
     o.bwlimit = Some(2 * MIB as u64);
     let s = Instant::now();
     let r = replicate(o).await.unwrap();
-    assert!(s.elapsed() >= Duration::from_millis(1500), "{:?}", s.elapsed());
+    assert!(
+        s.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        s.elapsed()
+    );
     assert_eq!(r.sent_bytes, 4 * MIB as u64);
 }
 
@@ -271,7 +302,12 @@ async fn encrypted_repository_seals_recovery_points() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("d.raw");
     // Recognisable content that the journal would hold in clear without encryption.
-    let data: Vec<u8> = b"SECRET-BLOCK-CONTENT".iter().cycle().take(2 * MIB).copied().collect();
+    let data: Vec<u8> = b"SECRET-BLOCK-CONTENT"
+        .iter()
+        .cycle()
+        .take(2 * MIB)
+        .copied()
+        .collect();
     std::fs::write(&src, &data).unwrap();
     let v1 = dir.path().join("v1.raw");
     std::fs::copy(&src, &v1).unwrap();
@@ -284,10 +320,18 @@ async fn encrypted_repository_seals_recovery_points() {
     std::fs::write(&src, vec![7u8; 2 * MIB]).unwrap();
     replicate(options(&src, "vm", &t)).await.unwrap();
     let undo_dir = t.repo.replica_dir("vm").unwrap().join("undo");
-    let j = std::fs::read_dir(&undo_dir).unwrap().next().unwrap().unwrap().path();
+    let j = std::fs::read_dir(&undo_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let raw = std::fs::read(&j).unwrap();
     assert!(raw.len() > MIB, "journal holds the overwritten blocks");
-    assert!(!raw.windows(12).any(|w| w == b"SECRET-BLOCK"), "journal is not encrypted");
+    assert!(
+        !raw.windows(12).any(|w| w == b"SECRET-BLOCK"),
+        "journal is not encrypted"
+    );
     let out = dir.path().join("p1.raw");
     t.repo.export("vm", 1, &out).unwrap();
     qemu_img_compare(&v1, &out);

@@ -15,12 +15,20 @@ use haven_transport::source::{SourceError, SourceSpec};
 const MIB: usize = 1 << 20;
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (install qemu-utils / nbdkit)"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (install qemu-utils / nbdkit)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn qemu_io(img: &Path, script: &str) {
-    run(Command::new("qemu-io").args(["-f", "qcow2", "-c", script]).arg(img));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", script])
+        .arg(img));
 }
 
 struct Server(Child);
@@ -33,7 +41,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for(path_or_port: impl Fn() -> bool) {
@@ -62,15 +74,24 @@ async fn qcow2_v2_and_v3_images() {
         qemu_io(&img, "write -P 0x5a 23M 1M");
         qemu_io(&img, "write -z 5M 64k");
         let raw = dir.path().join(format!("d-{compat}.raw"));
-        run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&img).arg(&raw));
-        assert!(matches!(SourceSpec::parse(&img.to_string_lossy()).unwrap(), SourceSpec::Qcow2(_)));
+        run(Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&img)
+            .arg(&raw));
+        assert!(matches!(
+            SourceSpec::parse(&img.to_string_lossy()).unwrap(),
+            SourceSpec::Qcow2(_)
+        ));
         let name = format!("q{}", compat.replace('.', ""));
         let r = replicate(options(&img, &name, &t)).await.unwrap();
         assert_eq!(r.source_bytes, 24 * MIB as u64);
         qemu_img_compare(&raw, &t.repo.image_path(&name).unwrap());
         // Incremental: a new write in the qcow2 is all that is sent.
         qemu_io(&img, "write -P 0x77 10M 8k");
-        run(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&img).arg(&raw));
+        run(Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&img)
+            .arg(&raw));
         let r = replicate(options(&img, &name, &t)).await.unwrap();
         // Two identical 4 KiB blocks: at most one is sent, the other deduplicated
         // (the second image finds both in the first image's replica).
@@ -86,7 +107,10 @@ async fn qcow2_compressed_clusters_are_refused_clearly() {
     let raw = dir.path().join("d.raw");
     mixed_image(&raw, 4 * MIB, 3);
     let img = dir.path().join("c.qcow2");
-    run(Command::new("qemu-img").args(["convert", "-c", "-O", "qcow2"]).arg(&raw).arg(&img));
+    run(Command::new("qemu-img")
+        .args(["convert", "-c", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&img));
     let t = start_target(&dir.path().join("repo")).await;
     let e = replicate(options(&img, "c", &t)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Source, "{e}");
@@ -97,7 +121,11 @@ async fn qcow2_compressed_clusters_are_refused_clearly() {
         .args(["create", "-f", "qcow2", "-F", "qcow2", "-b"])
         .arg(&img)
         .arg(&over));
-    let err = SourceSpec::parse(&over.to_string_lossy()).unwrap().open().err().unwrap();
+    let err = SourceSpec::parse(&over.to_string_lossy())
+        .unwrap()
+        .open()
+        .err()
+        .unwrap();
     assert!(matches!(err, SourceError::Qcow2Unsupported { .. }), "{err}");
 }
 
@@ -137,7 +165,15 @@ async fn nbd_exports_from_qemu_nbd_and_nbdkit() {
     let port = free_port();
     let _k = Server(
         Command::new("nbdkit")
-            .args(["-f", "-r", "-i", "127.0.0.1", "-p", &port.to_string(), "file"])
+            .args([
+                "-f",
+                "-r",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "file",
+            ])
             .arg(format!("file={}", raw.display()))
             .stderr(Stdio::null())
             .spawn()
@@ -168,6 +204,9 @@ async fn nbd_exports_from_qemu_nbd_and_nbdkit() {
     let img = std::fs::read(t.repo.image_path("pat").unwrap()).unwrap();
     // The pattern plugin writes each 8-byte offset big-endian at that offset.
     for off in [0usize, 8, 4096, 8 * MIB - 8] {
-        assert_eq!(u64::from_be_bytes(img[off..off + 8].try_into().unwrap()), off as u64);
+        assert_eq!(
+            u64::from_be_bytes(img[off..off + 8].try_into().unwrap()),
+            off as u64
+        );
     }
 }

@@ -155,20 +155,23 @@ fn authenticated(build: impl Fn(&Config) -> Request) -> Result<Response> {
 
 impl Connector for Example {
     fn describe() -> ConnectorInfo {
-        let spec = |key: &str, description: &str, required: bool, default: Option<&str>| {
-            SettingSpec {
+        let spec =
+            |key: &str, description: &str, required: bool, default: Option<&str>| SettingSpec {
                 key: key.into(),
                 description: description.into(),
                 required,
                 default_value: default.map(Into::into),
-            }
-        };
+            };
         ConnectorInfo {
             system: "JSON inventory API".into(),
-            description: "VMs and networks from an HTTP API with session login (example)."
-                .into(),
+            description: "VMs and networks from an HTTP API with session login (example).".into(),
             settings: vec![
-                spec("endpoint", "Base URL, such as https://cmdb.example.com", true, None),
+                spec(
+                    "endpoint",
+                    "Base URL, such as https://cmdb.example.com",
+                    true,
+                    None,
+                ),
                 spec("user", "User name to log in with", false, Some("haven")),
             ],
         }
@@ -176,7 +179,10 @@ impl Connector for Example {
 
     fn configure(settings: Vec<Setting>) -> Result<()> {
         let settings = Settings::from(settings);
-        let endpoint = settings.required("endpoint")?.trim_end_matches('/').to_owned();
+        let endpoint = settings
+            .required("endpoint")?
+            .trim_end_matches('/')
+            .to_owned();
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(error::invalid_input(
                 "endpoint",
@@ -205,7 +211,8 @@ impl Connector for Example {
 
 impl Inventory for Example {
     fn list_vms() -> Result<Vec<Vm>> {
-        let vms: Vec<ApiVm> = authenticated(|c| http::get(&format!("{}/api/vms", c.endpoint)))?.json()?;
+        let vms: Vec<ApiVm> =
+            authenticated(|c| http::get(&format!("{}/api/vms", c.endpoint)))?.json()?;
         host::progress(vms.len() as u64, vms.len() as u64, "listed VMs");
         Ok(vms.into_iter().map(Vm::from).collect())
     }
@@ -291,7 +298,11 @@ mod tests {
         assert_eq!(host.kv().get(SESSION_KEY).unwrap(), b"s1");
         // The session is reused: one login for two listings.
         Example::list_vms().unwrap();
-        let logins = server.requests().iter().filter(|r| r.path == "/api/session").count();
+        let logins = server
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/api/session")
+            .count();
         assert_eq!(logins, 1);
     }
 
@@ -303,7 +314,10 @@ mod tests {
         haven_plugin_sdk::host::kv::set(SESSION_KEY, b"expired").unwrap();
         assert_eq!(Example::list_vms().unwrap().len(), 2);
         assert_eq!(host.kv().get(SESSION_KEY).unwrap(), b"s1");
-        assert!(host.logs().iter().any(|(_, m)| m.contains("session expired")));
+        assert!(host
+            .logs()
+            .iter()
+            .any(|(_, m)| m.contains("session expired")));
     }
 
     #[test]
@@ -312,10 +326,16 @@ mod tests {
         TestHost::install().secret("password", "s3cret");
         configure(&server);
         let selector = TagSelector {
-            all_of: vec![Tag { key: "tier".into(), value: "web".into() }],
+            all_of: vec![Tag {
+                key: "tier".into(),
+                value: "web".into(),
+            }],
         };
         let found = Example::find_vms(selector).unwrap();
-        assert_eq!(found.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["web"]);
+        assert_eq!(
+            found.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+            ["web"]
+        );
     }
 
     #[test]
@@ -324,10 +344,14 @@ mod tests {
         TestHost::install().secret("password", "wrong");
         configure(&server);
         assert!(matches!(Example::list_vms(), Err(Error::Auth(_))));
-        assert!(matches!(Example::get_vm("a/b".into()), Err(Error::InvalidInput(i)) if i.field == "id"));
+        assert!(
+            matches!(Example::get_vm("a/b".into()), Err(Error::InvalidInput(i)) if i.field == "id")
+        );
         TestHost::install();
         configure(&server);
-        assert!(matches!(Example::list_vms(), Err(Error::InvalidInput(i)) if i.field == "secrets.password"));
+        assert!(
+            matches!(Example::list_vms(), Err(Error::InvalidInput(i)) if i.field == "secrets.password")
+        );
         assert!(matches!(
             Example::configure(settings(&[("endpoint", "ftp://x")])),
             Err(Error::InvalidInput(i)) if i.field == "endpoint"

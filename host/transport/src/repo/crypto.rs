@@ -40,10 +40,8 @@ impl Key {
             .collect();
         let bytes = if raw.len() == 32 {
             raw
-        } else if let Ok(b) = hex::decode(&text) {
-            b
         } else {
-            Vec::new()
+            hex::decode(&text).unwrap_or_default()
         };
         if bytes.len() != 32 {
             return Err(TransportError::Repository(format!(

@@ -66,10 +66,12 @@ pub struct Journal {
 impl Journal {
     /// Opens and scans a journal; a torn tail is excluded from `records`.
     pub fn open(path: &Path, key: Option<Arc<Key>>) -> Result<Journal> {
-        let file = File::open(path).map_err(|e| TransportError::io(format!("opening {}", path.display()), e))?;
+        let file = File::open(path)
+            .map_err(|e| TransportError::io(format!("opening {}", path.display()), e))?;
         let mut r = BufReader::with_capacity(1 << 20, &file);
         let mut h = [0u8; HEADER_LEN as usize];
-        r.read_exact(&mut h).map_err(|_| jerr(path, "short header"))?;
+        r.read_exact(&mut h)
+            .map_err(|_| jerr(path, "short header"))?;
         if &h[..8] != MAGIC {
             return Err(jerr(path, "bad magic"));
         }
@@ -149,7 +151,10 @@ impl Journal {
 
     /// Applies the journal to `image`: the image returns to the previous point.
     pub fn apply_to(&self, image: &File) -> Result<()> {
-        let len = image.metadata().map_err(|e| TransportError::io("stat image", e))?.len();
+        let len = image
+            .metadata()
+            .map_err(|e| TransportError::io("stat image", e))?
+            .len();
         if len < self.previous_size {
             image
                 .set_len(self.previous_size)
@@ -220,7 +225,8 @@ impl JournalWriter {
         h[16] = u8::from(key.is_some());
         file.write_all_at(&h, 0)
             .map_err(|e| TransportError::io("writing undo journal", e))?;
-        file.sync_all().map_err(|e| TransportError::io("syncing undo journal", e))?;
+        file.sync_all()
+            .map_err(|e| TransportError::io("syncing undo journal", e))?;
         if let Some(dir) = path.parent() {
             super::sync_dir(dir)?;
         }

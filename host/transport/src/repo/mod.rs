@@ -125,7 +125,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let b = std::fs::read(path).map_err(|e| TransportError::io(format!("reading {}", path.display()), e))?;
+    let b = std::fs::read(path)
+        .map_err(|e| TransportError::io(format!("reading {}", path.display()), e))?;
     serde_json::from_slice(&b)
         .map_err(|e| TransportError::Repository(format!("{} is damaged: {e}", path.display())))
 }
@@ -184,11 +185,13 @@ impl Repository {
         if meta_path.exists() {
             let meta: RepoMeta = read_json(&meta_path)?;
             if meta.key_check != check {
-                return Err(TransportError::Repository(match (&meta.key_check, &check) {
-                    (Some(_), None) => "repository is encrypted: give its key file".into(),
-                    (None, Some(_)) => "repository is not encrypted but a key was given".into(),
-                    _ => "wrong key for this repository".into(),
-                }));
+                return Err(TransportError::Repository(
+                    match (&meta.key_check, &check) {
+                        (Some(_), None) => "repository is encrypted: give its key file".into(),
+                        (None, Some(_)) => "repository is not encrypted but a key was given".into(),
+                        _ => "wrong key for this repository".into(),
+                    },
+                ));
             }
         } else {
             write_atomic(
@@ -253,7 +256,9 @@ impl Repository {
         let dir = self.replica_dir(name)?;
         if !dir.join("state.json").exists() {
             if !create {
-                return Err(TransportError::Repository(format!("no replica named {name:?}")));
+                return Err(TransportError::Repository(format!(
+                    "no replica named {name:?}"
+                )));
             }
             for d in ["points", "undo"] {
                 std::fs::create_dir_all(dir.join(d))

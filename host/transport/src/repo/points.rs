@@ -115,7 +115,10 @@ fn open_rw(path: &Path) -> Result<File> {
 
 /// Hashes an image (for digests after a rollback or restore, and for verify).
 fn rehash(image: &File) -> Result<Vec<Digest>> {
-    let size = image.metadata().map_err(|e| TransportError::io("stat image", e))?.len();
+    let size = image
+        .metadata()
+        .map_err(|e| TransportError::io("stat image", e))?
+        .len();
     let mut out = Vec::with_capacity(blocks_for(size) as usize);
     let mut buf = vec![0u8; 16 << 20];
     let mut off = 0;
@@ -138,7 +141,11 @@ fn write_digests(dir: &Path, d: &[Digest]) -> Result<()> {
 
 /// Finishes what a crash interrupted: a commit whose point file exists, an in-place
 /// restore, and removes points newer than the last one (left by a restore).
-pub(crate) fn recover(repo: &Repository, dir: &Path, mut state: ReplicaState) -> Result<ReplicaState> {
+pub(crate) fn recover(
+    repo: &Repository,
+    dir: &Path,
+    mut state: ReplicaState,
+) -> Result<ReplicaState> {
     if let Some(p) = state.pass.clone() {
         let pp = point_path(dir, p.id);
         if pp.exists() {
@@ -179,7 +186,9 @@ pub(crate) fn rollback_pass(
             .set_len(p.previous_size)
             .map_err(|e| TransportError::io("resizing image", e))?;
     }
-    image.sync_all().map_err(|e| TransportError::io("syncing image", e))?;
+    image
+        .sync_all()
+        .map_err(|e| TransportError::io("syncing image", e))?;
     write_digests(dir, &rehash(image)?)?;
     state.pass = None;
     Repository::save_state(dir, state)?;
@@ -188,7 +197,12 @@ pub(crate) fn rollback_pass(
     Ok(())
 }
 
-fn restore_locked(repo: &Repository, dir: &Path, state: &mut ReplicaState, target: u64) -> Result<()> {
+fn restore_locked(
+    repo: &Repository,
+    dir: &Path,
+    state: &mut ReplicaState,
+    target: u64,
+) -> Result<()> {
     let meta: PointMeta = read_json(&point_path(dir, target))?;
     let last = state.last_point.unwrap_or(0);
     state.restoring = Some(target);
@@ -198,7 +212,9 @@ fn restore_locked(repo: &Repository, dir: &Path, state: &mut ReplicaState, targe
     for j in (target + 1..=last).rev() {
         Journal::open(&journal_path(dir, j), repo.key())?.apply_to(&image)?;
     }
-    image.sync_all().map_err(|e| TransportError::io("syncing image", e))?;
+    image
+        .sync_all()
+        .map_err(|e| TransportError::io("syncing image", e))?;
     write_digests(dir, &rehash(&image)?)?;
     state.size = meta.size;
     state.last_point = Some(target);
@@ -250,8 +266,12 @@ pub(crate) fn apply_retention_locked(dir: &Path, r: &Retention) -> Result<Vec<u6
 
 /// Copies `src` to a new file `dst`, leaving zero blocks as holes.
 fn sparse_copy(src: &File, dst: &File) -> Result<()> {
-    let size = src.metadata().map_err(|e| TransportError::io("stat image", e))?.len();
-    dst.set_len(size).map_err(|e| TransportError::io("sizing export", e))?;
+    let size = src
+        .metadata()
+        .map_err(|e| TransportError::io("stat image", e))?
+        .len();
+    dst.set_len(size)
+        .map_err(|e| TransportError::io("sizing export", e))?;
     let fd = src.as_raw_fd();
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
@@ -285,7 +305,9 @@ impl Repository {
     pub fn points(&self, name: &str) -> Result<Vec<PointMeta>> {
         let dir = self.replica_dir(name)?;
         if !dir.join("state.json").exists() {
-            return Err(TransportError::Repository(format!("no replica named {name:?}")));
+            return Err(TransportError::Repository(format!(
+                "no replica named {name:?}"
+            )));
         }
         list_points(&dir)
     }
@@ -334,7 +356,9 @@ impl Repository {
         let (dir, _lock) = self.lock(name, false)?;
         let mut state = recover(self, &dir, Repository::load_state(&dir)?)?;
         if !point_path(&dir, point).exists() {
-            return Err(TransportError::Repository(format!("replica {name} has no point {point}")));
+            return Err(TransportError::Repository(format!(
+                "replica {name} has no point {point}"
+            )));
         }
         restore_locked(self, &dir, &mut state, point)
     }
@@ -344,10 +368,13 @@ impl Repository {
         let (dir, _lock) = self.lock(name, false)?;
         let state = recover(self, &dir, Repository::load_state(&dir)?)?;
         if !point_path(&dir, point).exists() {
-            return Err(TransportError::Repository(format!("replica {name} has no point {point}")));
+            return Err(TransportError::Repository(format!(
+                "replica {name} has no point {point}"
+            )));
         }
         let tmp = out.with_extension("part");
-        let src = File::open(dir.join("image.raw")).map_err(|e| TransportError::io("opening image", e))?;
+        let src = File::open(dir.join("image.raw"))
+            .map_err(|e| TransportError::io("opening image", e))?;
         let dst = OpenOptions::new()
             .read(true)
             .write(true)
@@ -365,7 +392,8 @@ impl Repository {
         for j in (point + 1..=state.last_point.unwrap_or(0)).rev() {
             Journal::open(&journal_path(&dir, j), self.key())?.apply_to(&dst)?;
         }
-        dst.sync_all().map_err(|e| TransportError::io("syncing export", e))?;
+        dst.sync_all()
+            .map_err(|e| TransportError::io("syncing export", e))?;
         std::fs::rename(&tmp, out).map_err(|e| TransportError::io("renaming export", e))?;
         Ok(())
     }
@@ -376,7 +404,8 @@ impl Repository {
         let state = recover(self, &dir, Repository::load_state(&dir)?)?;
         let mut rep = VerifyReport::default();
         if state.pass.is_none() {
-            let image = File::open(dir.join("image.raw")).map_err(|e| TransportError::io("opening image", e))?;
+            let image = File::open(dir.join("image.raw"))
+                .map_err(|e| TransportError::io("opening image", e))?;
             let actual = rehash(&image)?;
             let recorded = load_digests(&dir, actual.len() as u64)?;
             rep.blocks_checked = actual.len() as u64;

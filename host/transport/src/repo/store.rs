@@ -64,9 +64,12 @@ pub fn io_pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// Blocks read from a file: block index to (shared buffer, offset in it).
+pub type BlockMap = HashMap<u64, (Arc<Vec<u8>>, usize)>;
+
 /// Reads blocks (sorted, distinct) in parallel, coalescing contiguous ones; returns
 /// a map from block to (buffer, offset).
-pub(crate) fn read_blocks(file: &File, blocks: &[u64]) -> Result<HashMap<u64, (Arc<Vec<u8>>, usize)>> {
+pub(crate) fn read_blocks(file: &File, blocks: &[u64]) -> Result<BlockMap> {
     use rayon::prelude::*;
     let mut runs: Vec<(u64, usize)> = Vec::new();
     for &b in blocks {
@@ -151,7 +154,12 @@ pub struct PassWriter {
 
 impl PassWriter {
     /// Starts a pass of `size` bytes, or resumes the interrupted one.
-    pub fn begin(repo: &Repository, name: &str, size: u64, allow_resize: bool) -> Result<PassWriter> {
+    pub fn begin(
+        repo: &Repository,
+        name: &str,
+        size: u64,
+        allow_resize: bool,
+    ) -> Result<PassWriter> {
         let (dir, lock) = repo.lock(name, true)?;
         let mut state = points::recover(repo, &dir, Repository::load_state(&dir)?)?;
         let image = OpenOptions::new()
@@ -187,7 +195,12 @@ impl PassWriter {
                         *d = Digest::UNKNOWN;
                     }
                 }
-                tracing::info!(replica = name, pass = p.id, group = p.acked_group, "resuming pass");
+                tracing::info!(
+                    replica = name,
+                    pass = p.id,
+                    group = p.acked_group,
+                    "resuming pass"
+                );
                 (journal, digests)
             }
             None => {
@@ -294,7 +307,7 @@ impl PassWriter {
             self.journal.sync()?;
             self.image.set_len(size).map_err(io("shrinking image"))?;
             self.digests.truncate(blocks_for(size) as usize);
-            if size % BLOCK_SIZE as u64 != 0 {
+            if !size.is_multiple_of(BLOCK_SIZE as u64) {
                 let last = blocks_for(size) - 1;
                 let d = Digest::of_block(&self.read_block(last)?);
                 self.set_digest(last, d);
@@ -338,7 +351,10 @@ impl PassWriter {
         let mut owned: Vec<Option<Vec<u8>>> = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
             if op.block >= nblocks {
-                return Err(TransportError::Protocol(format!("block {} beyond the disk", op.block)));
+                return Err(TransportError::Protocol(format!(
+                    "block {} beyond the disk",
+                    op.block
+                )));
             }
             let data = match &op.kind {
                 OpKind::Copy { from } => {
@@ -368,7 +384,9 @@ impl PassWriter {
         let old = read_blocks(&self.image, &old_blocks)?;
         for op in ops {
             match old.get(&op.block) {
-                Some((buf, at)) => self.journal.append(op.block, Some(&buf[*at..*at + BLOCK_SIZE])),
+                Some((buf, at)) => self
+                    .journal
+                    .append(op.block, Some(&buf[*at..*at + BLOCK_SIZE])),
                 None => self.journal.append(op.block, None),
             }
         }
@@ -433,7 +451,7 @@ impl PassWriter {
         let len = (run_len as u64).min(size.saturating_sub(off)) as usize;
         let run = &self.stage[self.stage_at..self.stage_at + len];
         // Only large runs go direct: a small O_DIRECT write waits for the disk.
-        if len % BLOCK_SIZE == 0 && len >= DIRECT_MIN {
+        if len.is_multiple_of(BLOCK_SIZE) && len >= DIRECT_MIN {
             if let Some(d) = &self.direct {
                 match d.write_all_at(run, off) {
                     Ok(()) => return Ok(()),
@@ -445,7 +463,9 @@ impl PassWriter {
                 }
             }
         }
-        self.image.write_all_at(run, off).map_err(io("writing image"))
+        self.image
+            .write_all_at(run, off)
+            .map_err(io("writing image"))
     }
 
     fn punch(&self, first: u64, n: u64, size: u64) -> Result<()> {
@@ -483,7 +503,9 @@ impl PassWriter {
         self.digests_file
             .set_len(self.digests.len() as u64 * 16)
             .map_err(io("resizing digests"))?;
-        self.digests_file.sync_data().map_err(io("syncing digests"))?;
+        self.digests_file
+            .sync_data()
+            .map_err(io("syncing digests"))?;
         if !self.pending_index.is_empty() {
             self.repo.index().insert(&self.pending_index, false)?;
             self.pending_index.clear();

@@ -52,7 +52,9 @@ impl NbdAddress {
     pub fn parse(s: &str) -> Result<NbdAddress, SourceError> {
         let bad = |why: &str| SourceError::Address(s.to_string(), why.to_string());
         if let Some(rest) = s.strip_prefix("nbd+unix://") {
-            let (path, query) = rest.split_once('?').ok_or_else(|| bad("missing ?socket="))?;
+            let (path, query) = rest
+                .split_once('?')
+                .ok_or_else(|| bad("missing ?socket="))?;
             let socket = query
                 .split('&')
                 .find_map(|kv| kv.strip_prefix("socket="))
@@ -62,7 +64,9 @@ impl NbdAddress {
                 export: path.trim_start_matches('/').to_string(),
             });
         }
-        let rest = s.strip_prefix("nbd://").ok_or_else(|| bad("not an nbd URL"))?;
+        let rest = s
+            .strip_prefix("nbd://")
+            .ok_or_else(|| bad("not an nbd URL"))?;
         let (host, export) = rest.split_once('/').unwrap_or((rest, ""));
         if host.is_empty() {
             return Err(bad("missing host"));
@@ -113,7 +117,8 @@ impl NbdSource {
         let name = addr.to_string();
         let stream: Box<dyn Stream> = match addr {
             NbdAddress::Tcp { addr: a, .. } => {
-                let s = TcpStream::connect(a).map_err(|e| nbd_err(&name, format!("connect: {e}")))?;
+                let s =
+                    TcpStream::connect(a).map_err(|e| nbd_err(&name, format!("connect: {e}")))?;
                 let _ = s.set_nodelay(true);
                 Box::new(s)
             }
@@ -205,12 +210,13 @@ impl NbdSource {
             self.read_exact(&mut data)?;
             match kind {
                 REP_ACK => break,
-                REP_INFO => {
-                    if data.len() >= 12 && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT {
-                        let mut s = [0u8; 8];
-                        s.copy_from_slice(&data[2..10]);
-                        size = Some(u64::from_be_bytes(s));
-                    }
+                REP_INFO
+                    if data.len() >= 12
+                        && u16::from_be_bytes([data[0], data[1]]) == INFO_EXPORT =>
+                {
+                    let mut s = [0u8; 8];
+                    s.copy_from_slice(&data[2..10]);
+                    size = Some(u64::from_be_bytes(s));
                 }
                 k if k & 0x8000_0000 != 0 => {
                     let msg = String::from_utf8_lossy(&data);
@@ -283,7 +289,10 @@ impl BlockSource for NbdSource {
                     .find(|p| p.0 == h)
                     .ok_or_else(|| nbd_err(&self.name, format!("reply for unknown handle {h}")))?;
                 if error != 0 {
-                    return Err(self.err(format!("read at {} failed: errno {error}", base + at as u64)));
+                    return Err(self.err(format!(
+                        "read at {} failed: errno {error}",
+                        base + at as u64
+                    )));
                 }
                 let name = self.name.clone();
                 self.stream

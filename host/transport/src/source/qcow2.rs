@@ -83,7 +83,9 @@ impl Qcow2Source {
             return Err(unsupported(format!("version {version}")));
         }
         if be64(&h, 8) != 0 {
-            return Err(unsupported("backing files (replicate a flattened image)".into()));
+            return Err(unsupported(
+                "backing files (replicate a flattened image)".into(),
+            ));
         }
         let cluster_bits = be32(&h, 20);
         if !(9..=21).contains(&cluster_bits) {
@@ -110,20 +112,28 @@ impl Qcow2Source {
                 return Err(unsupported("extended L2 entries (subclusters)".into()));
             }
             if incompatible & !0b1_1111 != 0 {
-                return Err(unsupported(format!("incompatible features {incompatible:#x}")));
+                return Err(unsupported(format!(
+                    "incompatible features {incompatible:#x}"
+                )));
             }
         }
         let l2_bits = cluster_bits - 3;
         let per_l1 = 1u64 << (cluster_bits + l2_bits);
         let needed = size.div_ceil(per_l1);
         if l1_size < needed || l1_size * 8 > MAX_L1_BYTES {
-            return Err(corrupt(format!("L1 size {l1_size} does not fit disk size {size}")));
+            return Err(corrupt(format!(
+                "L1 size {l1_size} does not fit disk size {size}"
+            )));
         }
-        if l1_offset.checked_add(l1_size * 8).is_none_or(|e| e > file_len) {
+        if l1_offset
+            .checked_add(l1_size * 8)
+            .is_none_or(|e| e > file_len)
+        {
             return Err(corrupt("L1 table beyond end of file".into()));
         }
         let mut raw = vec![0u8; (l1_size * 8) as usize];
-        file.read_exact_at(&mut raw, l1_offset).map_err(io_err(&name))?;
+        file.read_exact_at(&mut raw, l1_offset)
+            .map_err(io_err(&name))?;
         let l1 = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         Ok(Qcow2Source {
             name,
@@ -160,7 +170,10 @@ impl Qcow2Source {
         }
         if !self.l2_cache.contains_key(&l2_off) {
             let cluster = 1u64 << cb;
-            if l2_off.checked_add(cluster).is_none_or(|e| e > self.file_len) {
+            if l2_off
+                .checked_add(cluster)
+                .is_none_or(|e| e > self.file_len)
+            {
                 return Err(self.corrupt(format!("L2 table at {l2_off} beyond end of file")));
             }
             let mut raw = vec![0u8; cluster as usize];
@@ -211,7 +224,9 @@ impl BlockSource for Qcow2Source {
 
     fn current_size(&mut self) -> Result<u64, SourceError> {
         let mut b = [0u8; 8];
-        self.file.read_exact_at(&mut b, 24).map_err(io_err(&self.name))?;
+        self.file
+            .read_exact_at(&mut b, 24)
+            .map_err(io_err(&self.name))?;
         Ok(u64::from_be_bytes(b))
     }
 
