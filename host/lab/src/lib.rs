@@ -1,0 +1,1 @@
+//! haven-lab (issue 4), in progress.

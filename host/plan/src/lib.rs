@@ -1,0 +1,1 @@
+//! haven-plan (issue 4), in progress.

@@ -1,0 +1,1 @@
+//! Lab connector (issue 4), in progress.
