@@ -363,3 +363,46 @@ async fn python_plugin_loads_and_answers_through_the_same_contract() {
         other => panic!("expected a configure error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn plugins_are_typed_connectors_for_the_engine() {
+    use haven_connector::{Capability, Connector, ConnectorError, PowerState, Tag, TagSelector};
+    let home = TestHome::new();
+    home.install("plugins/example");
+    home.install("tests/fixtures/python-plugin");
+    let server = cmdb("pw", "db");
+    home.configure(
+        &(example_instance("cmdb", &server, "pw")
+            + "[instances.py]\nplugin = \"python-fixture\"\n"),
+    );
+    let runtime = std::sync::Arc::new(home.runtime());
+
+    let cmdb = haven_plugin_runtime::PluginConnector::new(runtime.clone(), "cmdb").unwrap();
+    assert!(cmdb.capabilities().contains(&Capability::Inventory));
+    assert!(!cmdb.capabilities().contains(&Capability::Compute));
+    let vms = cmdb.list_vms().await.unwrap();
+    assert_eq!(
+        (vms[0].name.as_str(), vms[0].power_state),
+        ("db", PowerState::PoweredOn)
+    );
+    assert!(matches!(
+        cmdb.get_vm("vm-404").await,
+        Err(ConnectorError::NotFound(_))
+    ));
+    assert!(matches!(
+        cmdb.power_on("vm-1").await,
+        Err(ConnectorError::Unsupported(_))
+    ));
+    assert_eq!(cmdb.describe().await.unwrap().settings[0].key, "endpoint");
+
+    let py = haven_plugin_runtime::PluginConnector::new(runtime.clone(), "py").unwrap();
+    let selector = TagSelector {
+        all_of: vec![Tag {
+            key: "tier".into(),
+            value: String::new(),
+        }],
+    };
+    assert_eq!(py.find_vms(&selector).await.unwrap().len(), 2);
+    assert!(py.list_networks().await.unwrap()[0].isolated);
+    assert!(haven_plugin_runtime::PluginConnector::new(runtime, "nope").is_err());
+}

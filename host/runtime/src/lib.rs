@@ -15,9 +15,12 @@
 //! - [`instances`]: `instances.toml`, secrets, limits;
 //! - [`sandbox`]: a store's host state and linker; `host_api`: `haven:host`;
 //! - [`kv`]: the per-instance durable key-value store;
-//! - [`runtime`]: instances and calls (JSON in, JSON out).
+//! - [`runtime`]: instances and calls (JSON in, JSON out);
+//! - `connector`: [`PluginConnector`], the typed `haven_connector::Connector`
+//!   the plan engine and the transport use.
 
 pub mod capabilities;
+mod connector;
 pub mod engine;
 mod error;
 mod host_api;
@@ -31,6 +34,7 @@ pub mod runtime;
 pub mod sandbox;
 
 pub use capabilities::{Capability, ComponentInfo};
+pub use connector::PluginConnector;
 pub use engine::PluginEngine;
 pub use error::{Result, RuntimeError, TrapKind};
 pub use manifest::{Limits, Manifest};

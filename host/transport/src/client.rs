@@ -196,6 +196,7 @@ fn spawn_reader(
     expected_size: u64,
     from_group: u64,
     tx: mpsc::Sender<Result<Batch>>,
+    recycle: std::sync::mpsc::Receiver<Vec<u8>>,
 ) {
     std::thread::spawn(move || {
         let run = || -> Result<()> {
@@ -220,7 +221,10 @@ fn spawn_reader(
                     let n = (b - g).min(BATCH_GROUPS as u64);
                     let off = g * GROUP_SIZE as u64;
                     let len = (n * GROUP_SIZE as u64).min(size - off) as usize;
-                    let mut data = vec![0u8; len];
+                    // Reuse buffers the session is done with: fresh 16 MiB
+                    // allocations cost page faults and zeroing on every batch.
+                    let mut data = recycle.try_recv().unwrap_or_default();
+                    data.resize(len, 0);
                     src.read_at(&mut data, off)?;
                     let blocks = digest_blocks(&data);
                     let groups = digest_groups(&blocks);
@@ -344,7 +348,15 @@ async fn run_session(
         );
     }
     let (tx, mut rx) = mpsc::channel(3);
-    spawn_reader(opts.source.clone(), opts.extents.clone(), size, resume, tx);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
+    spawn_reader(
+        opts.source.clone(),
+        opts.extents.clone(),
+        size,
+        resume,
+        tx,
+        recycle_rx,
+    );
     let todo = size.saturating_sub(resume * GROUP_SIZE as u64);
     let mut throttle = Throttle::new(opts.bwlimit);
     let started = Instant::now();
@@ -412,6 +424,7 @@ async fn run_session(
                 write_msg(&mut wr, &Msg::Data(chunks)).await?;
             }
         }
+        let _ = recycle_tx.send(batch.data);
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);

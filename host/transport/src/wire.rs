@@ -23,7 +23,7 @@ pub const MAX_FRAME: usize = 24 << 20;
 /// Groups per batch (16 MiB of disk).
 pub const BATCH_GROUPS: usize = 256;
 /// Largest uncompressed chunk in a [`Msg::Data`] frame.
-pub const MAX_CHUNK: usize = 1 << 20;
+pub const MAX_CHUNK: usize = 4 << 20;
 /// Largest JSON control message.
 const MAX_JSON: usize = 1 << 20;
 

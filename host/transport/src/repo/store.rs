@@ -145,6 +145,7 @@ pub struct PassWriter {
     digests: Vec<Digest>,
     journal: JournalWriter,
     state: ReplicaState,
+    pass: PassState,
     replica_id: u32,
     dirty: Option<(u64, u64)>,
     pending_index: Vec<(Digest, u32, u64)>,
@@ -227,6 +228,10 @@ impl PassWriter {
                 (journal, digests)
             }
         };
+        let pass = state
+            .pass
+            .clone()
+            .ok_or_else(|| TransportError::Repository("pass state missing".into()))?;
         let direct = {
             use std::os::unix::fs::OpenOptionsExt;
             OpenOptions::new()
@@ -249,6 +254,7 @@ impl PassWriter {
             digests,
             journal,
             state,
+            pass,
             replica_id,
             dirty: None,
             pending_index: Vec::new(),
@@ -259,14 +265,9 @@ impl PassWriter {
         Ok(w)
     }
 
-    fn pass_ref(&self) -> &PassState {
-        // begin() always sets the pass; the Option only exists in the state file.
-        self.state.pass.as_ref().expect("pass set by begin")
-    }
-
     /// The pass in progress.
     pub fn pass(&self) -> &PassState {
-        self.pass_ref()
+        &self.pass
     }
 
     /// Current digest of every block (UNKNOWN where unsure after a crash).
@@ -285,7 +286,7 @@ impl PassWriter {
     }
 
     fn size(&self) -> u64 {
-        self.pass_ref().size
+        self.pass.size
     }
 
     fn read_block(&self, block: u64) -> Result<Vec<u8>> {
@@ -335,12 +336,11 @@ impl PassWriter {
 
     /// Adds a session's statistics to the pass (saved at the next checkpoint).
     pub fn add_stats(&mut self, s: &TargetStats) {
-        if let Some(p) = self.state.pass.as_mut() {
-            p.stats.unchanged_bytes += s.unchanged_bytes;
-            p.stats.zero_bytes += s.zero_bytes;
-            p.stats.dedup_bytes += s.dedup_bytes;
-            p.stats.received_bytes += s.received_bytes;
-        }
+        let p = &mut self.pass.stats;
+        p.unchanged_bytes += s.unchanged_bytes;
+        p.zero_bytes += s.zero_bytes;
+        p.dedup_bytes += s.dedup_bytes;
+        p.received_bytes += s.received_bytes;
     }
 
     /// Applies block updates: journals the old content (fsynced), then writes.
@@ -510,11 +510,9 @@ impl PassWriter {
             self.repo.index().insert(&self.pending_index, false)?;
             self.pending_index.clear();
         }
-        let jl = self.journal.len();
-        if let Some(p) = self.state.pass.as_mut() {
-            p.acked_group = next_group;
-            p.journal_len = jl;
-        }
+        self.pass.acked_group = next_group;
+        self.pass.journal_len = self.journal.len();
+        self.state.pass = Some(self.pass.clone());
         Repository::save_state(&self.dir, &self.state)?;
         self.since_checkpoint = 0;
         Ok(())
@@ -523,10 +521,10 @@ impl PassWriter {
     /// Commits the pass as a recovery point and applies retention.
     pub fn commit(mut self, retention: &Retention) -> Result<PointMeta> {
         let size = self.size();
-        let stats = self.pass_ref().stats.clone();
+        let stats = self.pass.stats.clone();
         self.checkpoint(groups_for(size))?;
         self.repo.index().insert(&[], true)?;
-        let id = self.pass_ref().id;
+        let id = self.pass.id;
         let meta = PointMeta {
             id,
             created: now_unix(),

@@ -5,7 +5,7 @@ pub mod nbd;
 pub mod qcow2;
 pub mod raw;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use extents::Extents;
 
@@ -129,9 +129,4 @@ pub(crate) fn io_err(name: &str) -> impl FnOnce(std::io::Error) -> SourceError +
         source_name: name.to_string(),
         error,
     }
-}
-
-/// Opens a raw or qcow2 file by content.
-pub fn open_path(path: &Path) -> Result<Box<dyn BlockSource>, SourceError> {
-    SourceSpec::parse(&path.to_string_lossy())?.open()
 }

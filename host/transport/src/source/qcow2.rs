@@ -20,11 +20,7 @@ const MAX_CACHED_L2: usize = 64;
 
 /// True when the file begins with the qcow2 magic.
 pub fn has_magic(path: &Path) -> std::io::Result<bool> {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
-        Err(e) => return Err(e),
-    };
+    let mut f = File::open(path)?;
     let mut m = [0u8; 4];
     match f.read_exact(&mut m) {
         Ok(()) => Ok(u32::from_be_bytes(m) == MAGIC),
@@ -202,12 +198,10 @@ impl Qcow2Source {
         if host == 0 {
             return Ok(None);
         }
-        if host.checked_add(1 << cb).is_none_or(|e| e > self.file_len) {
-            // The last cluster may be short of a full cluster in the file; reads are
-            // bounded below, so only reject starts beyond the file.
-            if host >= self.file_len {
-                return Err(self.corrupt(format!("data cluster at {host} beyond end of file")));
-            }
+        // The last cluster may be short in the file (reads are clipped and
+        // zero-filled), so only a cluster starting beyond the file is corrupt.
+        if host >= self.file_len {
+            return Err(self.corrupt(format!("data cluster at {host} beyond end of file")));
         }
         Ok(Some(host))
     }
@@ -255,5 +249,56 @@ impl BlockSource for Qcow2Source {
             done += n;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(version: u32, cluster_bits: u32, size: u64, l1_size: u32, l1_off: u64) -> Vec<u8> {
+        let mut h = vec![0u8; 112];
+        h[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+        h[4..8].copy_from_slice(&version.to_be_bytes());
+        h[20..24].copy_from_slice(&cluster_bits.to_be_bytes());
+        h[24..32].copy_from_slice(&size.to_be_bytes());
+        h[36..40].copy_from_slice(&l1_size.to_be_bytes());
+        h[40..48].copy_from_slice(&l1_off.to_be_bytes());
+        h[100..104].copy_from_slice(&112u32.to_be_bytes());
+        h
+    }
+
+    fn open_bytes(b: &[u8]) -> Result<Qcow2Source, SourceError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.qcow2");
+        std::fs::write(&p, b).unwrap();
+        Qcow2Source::open(&p)
+    }
+
+    #[test]
+    fn hostile_headers_are_errors_not_panics() {
+        assert!(open_bytes(b"QFI").is_err());
+        assert!(open_bytes(&header(4, 16, 1 << 20, 1, 112)).is_err());
+        assert!(open_bytes(&header(3, 40, 1 << 20, 1, 112)).is_err());
+        // L1 table beyond the end of the file.
+        assert!(matches!(
+            open_bytes(&header(3, 16, 1 << 30, 1, 1 << 40)),
+            Err(SourceError::Qcow2Corrupt { .. })
+        ));
+        // L1 table too small for the disk, or absurdly large.
+        assert!(open_bytes(&header(3, 16, 1 << 40, 1, 112)).is_err());
+        assert!(open_bytes(&header(3, 9, u64::MAX, u32::MAX, 112)).is_err());
+        // A valid empty image reads zeros; an L2 pointer beyond the file is corrupt.
+        let mut img = header(3, 16, 1 << 20, 1, 112);
+        img.extend_from_slice(&0u64.to_be_bytes());
+        let mut s = open_bytes(&img).unwrap();
+        let mut buf = vec![1u8; 8192];
+        s.read_at(&mut buf, 4096).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        assert!(s.read_at(&mut buf, (1 << 20) - 4096).is_err());
+        let mut bad = header(3, 16, 1 << 20, 1, 112);
+        bad.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        let mut s = open_bytes(&bad).unwrap();
+        assert!(matches!(s.read_at(&mut buf, 0), Err(SourceError::Qcow2Corrupt { .. })));
     }
 }
