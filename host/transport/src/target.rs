@@ -32,6 +32,8 @@ use crate::wire::{
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Most block updates merged into one writer step (one journal fsync).
+const MERGE_OPS: usize = 4 * wire::BATCH_GROUPS * GROUP_BLOCKS;
 
 /// Configuration of the target service.
 #[derive(Clone)]
@@ -286,16 +288,46 @@ fn writer_loop(
 ) -> Result<Option<PointMeta>> {
     w.set_checkpoint_bytes(checkpoint_bytes);
     let mut next = w.pass().acked_group;
-    while let Some(cmd) = rx.blocking_recv() {
+    let mut pending: Option<WriterCmd> = None;
+    loop {
+        let cmd = match pending.take() {
+            Some(c) => c,
+            None => match rx.blocking_recv() {
+                Some(c) => c,
+                None => break,
+            },
+        };
         match cmd {
             WriterCmd::Apply {
-                ops,
-                stats,
+                mut ops,
+                mut stats,
                 next_group,
             } => {
+                next = next_group;
+                // Merge batches already queued: one journal fsync covers them all.
+                while ops.len() < MERGE_OPS {
+                    match rx.try_recv() {
+                        Ok(WriterCmd::Apply {
+                            ops: more,
+                            stats: s,
+                            next_group,
+                        }) => {
+                            ops.extend(more);
+                            stats.unchanged_bytes += s.unchanged_bytes;
+                            stats.zero_bytes += s.zero_bytes;
+                            stats.dedup_bytes += s.dedup_bytes;
+                            stats.received_bytes += s.received_bytes;
+                            next = next_group;
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 w.apply(&ops)?;
                 w.add_stats(&stats);
-                next = next_group;
                 if w.wants_checkpoint() {
                     w.checkpoint(next)?;
                     let _ = out.send(Msg::Ack(next));
@@ -486,7 +518,7 @@ async fn session<R: AsyncRead + Unpin>(
         nblocks: blocks_for(size),
     };
     let total_groups = groups_for(size);
-    let (cmd_tx, cmd_rx) = mpsc::channel::<WriterCmd>(2);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<WriterCmd>(4);
     let retention = opts.retention.clone();
     let wout = out.clone();
     let cpb = opts.checkpoint_bytes;
