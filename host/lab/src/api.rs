@@ -60,8 +60,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
-type ApiResult<T> = Result<T, LabError>;
-
 fn accepted(task: Task) -> (StatusCode, Json<Task>) {
     (StatusCode::ACCEPTED, Json(task))
 }

@@ -29,7 +29,8 @@ pub fn create_sparse(path: &Path, size: u64) -> Result<()> {
         std::fs::create_dir_all(parent)
             .map_err(|e| LabError::io(format!("creating {}", parent.display()), e))?;
     }
-    let file = File::create(path).map_err(|e| LabError::io(format!("creating {}", path.display()), e))?;
+    let file =
+        File::create(path).map_err(|e| LabError::io(format!("creating {}", path.display()), e))?;
     file.set_len(size)
         .map_err(|e| LabError::io(format!("sizing {}", path.display()), e))
 }

@@ -125,7 +125,10 @@ fn check_ip(ip: &IpSettings, field: &str) -> Result<String> {
     let parsed: IpAddr = addr.parse().map_err(|_| {
         LabError::invalid(
             format!("{field}.address"),
-            format!("{:?} is not an address with prefix length like 10.2.0.15/24", ip.address),
+            format!(
+                "{:?} is not an address with prefix length like 10.2.0.15/24",
+                ip.address
+            ),
         )
     })?;
     let max = if parsed.is_ipv4() { 32 } else { 128 };
@@ -135,12 +138,12 @@ fn check_ip(ip: &IpSettings, field: &str) -> Result<String> {
             format!("{:?}: bad prefix length", ip.address),
         ));
     }
-    for (name, value) in ip
-        .gateway
-        .iter()
-        .map(|g| ("gateway".to_owned(), g))
-        .chain(ip.dns_servers.iter().enumerate().map(|(i, d)| (format!("dns_servers.{i}"), d)))
-    {
+    for (name, value) in ip.gateway.iter().map(|g| ("gateway".to_owned(), g)).chain(
+        ip.dns_servers
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (format!("dns_servers.{i}"), d)),
+    ) {
         if value.parse::<IpAddr>().is_err() {
             return Err(LabError::invalid(
                 format!("{field}.{name}"),
@@ -356,7 +359,10 @@ impl Lab {
             .cloned()
             .ok_or_else(|| LabError::NotFound(format!("task {id}")))?;
         if task.state == TaskState::Running {
-            let span = task.ends_unix_ms.saturating_sub(task.started_unix_ms).max(1);
+            let span = task
+                .ends_unix_ms
+                .saturating_sub(task.started_unix_ms)
+                .max(1);
             let done = now_ms().saturating_sub(task.started_unix_ms);
             task.percent = (done.saturating_mul(100) / span).min(99) as u8;
         }
@@ -390,10 +396,7 @@ impl Lab {
             )));
         }
         if let Some(busy) = &vm.busy {
-            return Err(LabError::Conflict(format!(
-                "{} is busy with {busy}",
-                vm.id
-            )));
+            return Err(LabError::Conflict(format!("{} is busy with {busy}", vm.id)));
         }
         let vm_id = vm.id.clone();
         let injected = st.faults.take_failure(&vm_id, kind);
@@ -456,7 +459,9 @@ impl Lab {
                 }
                 let mac = match &r.mac {
                     Some(m) => check_mac(m, &format!("{field}.mac"))?,
-                    None => old.get(i).map_or_else(|| mac_for(num, i), |n| n.mac.clone()),
+                    None => old
+                        .get(i)
+                        .map_or_else(|| mac_for(num, i), |n| n.mac.clone()),
                 };
                 let ip = match &r.ip {
                     Some(ip) => Some(ip.clone()),
@@ -517,7 +522,9 @@ impl Lab {
                         format!("{h:?} is not a host of site {}", site.name),
                     ))
                 }
-                None => site.hosts[(number as usize) % site.hosts.len()].name.clone(),
+                None => site.hosts[(number as usize) % site.hosts.len()]
+                    .name
+                    .clone(),
             };
             let in_use: BTreeSet<&str> = st
                 .vms
@@ -619,7 +626,10 @@ impl Lab {
     /// Starts powering a VM on (conflict if it is on).
     pub async fn power_on(&self, id: &str) -> Result<Task> {
         self.operate(id, |_, vm, _| match vm.power {
-            Power::On => Err(LabError::Conflict(format!("{} is already powered on", vm.id))),
+            Power::On => Err(LabError::Conflict(format!(
+                "{} is already powered on",
+                vm.id
+            ))),
             Power::Off => Ok(Op::PowerOn),
         })
         .await
@@ -628,7 +638,10 @@ impl Lab {
     /// Starts powering a VM off; graceful needs a guest heartbeat.
     pub async fn power_off(&self, id: &str, mode: StopMode) -> Result<Task> {
         self.operate(id, |_, vm, hb| match (vm.power, mode, hb) {
-            (Power::Off, _, _) => Err(LabError::Conflict(format!("{} is already powered off", vm.id))),
+            (Power::Off, _, _) => Err(LabError::Conflict(format!(
+                "{} is already powered off",
+                vm.id
+            ))),
             (Power::On, StopMode::Graceful, Heartbeat::None) => Err(LabError::Conflict(format!(
                 "{}: the guest does not answer, so it cannot shut down gracefully; power off hard",
                 vm.id
@@ -681,7 +694,12 @@ impl Lab {
                 disks: vm
                     .disks
                     .iter()
-                    .map(|d| (d.id.clone(), format!("snapshots/{}-snap-{number}-{}.img", vm.id, d.id)))
+                    .map(|d| {
+                        (
+                            d.id.clone(),
+                            format!("snapshots/{}-snap-{number}-{}.img", vm.id, d.id),
+                        )
+                    })
                     .collect(),
             };
             let num = vm_number(id)?;
@@ -693,15 +711,14 @@ impl Lab {
         Ok(task)
     }
 
-    fn snapshot_op(
-        vm: &Vm,
-        snapshot: &str,
-        op: impl FnOnce(String) -> Op,
-    ) -> Result<Op> {
+    fn snapshot_op(vm: &Vm, snapshot: &str, op: impl FnOnce(String) -> Op) -> Result<Op> {
         if vm.snapshots.iter().any(|s| s.id == snapshot) {
             Ok(op(snapshot.to_owned()))
         } else {
-            Err(LabError::NotFound(format!("snapshot {snapshot} of {}", vm.id)))
+            Err(LabError::NotFound(format!(
+                "snapshot {snapshot} of {}",
+                vm.id
+            )))
         }
     }
 
@@ -820,7 +837,12 @@ impl Lab {
     }
 
     /// Records a task's end and frees its VM; a failed creation removes the VM.
-    fn finish(&self, st: &mut State, num: u64, outcome: std::result::Result<Option<String>, ApiError>) {
+    fn finish(
+        &self,
+        st: &mut State,
+        num: u64,
+        outcome: std::result::Result<Option<String>, ApiError>,
+    ) {
         let Some(task) = st.tasks.get_mut(&num) else {
             return;
         };
@@ -840,7 +862,11 @@ impl Lab {
                 task.error = Some(e);
             }
         }
-        let (failed, vm_id, task_id) = (task.state == TaskState::Failed, task.vm.clone(), task.id.clone());
+        let (failed, vm_id, task_id) = (
+            task.state == TaskState::Failed,
+            task.vm.clone(),
+            task.id.clone(),
+        );
         if let Some(n) = id_number(&vm_id, "vm") {
             if failed && op == Some(Op::CreateVm) {
                 if let Some(vm) = st.vms.remove(&n) {
@@ -869,7 +895,12 @@ impl Lab {
         }
     }
 
-    fn apply(&self, st: &mut State, vm_id: &str, op: Op) -> std::result::Result<Option<String>, ApiError> {
+    fn apply(
+        &self,
+        st: &mut State,
+        vm_id: &str,
+        op: Op,
+    ) -> std::result::Result<Option<String>, ApiError> {
         let fail = |e: LabError| ApiError::from(&e);
         let num = vm_number(vm_id).map_err(fail)?;
         let dir = self.dir().to_owned();
@@ -883,7 +914,10 @@ impl Lab {
                 format!("site {}: its hosts went down", vm.site),
             ));
         }
-        let vm = st.vms.get_mut(&num).ok_or_else(|| ApiError::new("not_found", vm_id))?;
+        let vm = st
+            .vms
+            .get_mut(&num)
+            .ok_or_else(|| ApiError::new("not_found", vm_id))?;
         match op {
             Op::CreateVm => {
                 for d in vm.disks.iter().filter(|d| d.owned) {
@@ -894,7 +928,10 @@ impl Lab {
             }
             Op::PowerOn => {
                 if vm.power == Power::On {
-                    return Err(ApiError::new("conflict", format!("{vm_id} is already powered on")));
+                    return Err(ApiError::new(
+                        "conflict",
+                        format!("{vm_id} is already powered on"),
+                    ));
                 }
                 vm.power = Power::On;
                 vm.powered_on_unix_ms = Some(now_ms());
@@ -902,7 +939,10 @@ impl Lab {
             }
             Op::PowerOff { .. } => {
                 if vm.power == Power::Off {
-                    return Err(ApiError::new("conflict", format!("{vm_id} is already powered off")));
+                    return Err(ApiError::new(
+                        "conflict",
+                        format!("{vm_id} is already powered off"),
+                    ));
                 }
                 vm.power = Power::Off;
                 vm.powered_on_unix_ms = None;
@@ -913,7 +953,10 @@ impl Lab {
                 Ok(None)
             }
             Op::DeleteVm => {
-                let vm = st.vms.remove(&num).ok_or_else(|| ApiError::new("not_found", vm_id))?;
+                let vm = st
+                    .vms
+                    .remove(&num)
+                    .ok_or_else(|| ApiError::new("not_found", vm_id))?;
                 let files = vm
                     .disks
                     .iter()
@@ -1107,10 +1150,13 @@ impl Lab {
                 .enumerate()
                 .find(|(_, s)| s.name == req.site)
                 .map(|(i, s)| (i, s.clone()))
-                .ok_or_else(|| LabError::invalid("site", format!("{:?} is not a site", req.site)))?;
+                .ok_or_else(|| {
+                    LabError::invalid("site", format!("{:?} is not a site", req.site))
+                })?;
             let names: Vec<(u32, String)> = (0..req.count)
                 .map(|i| {
-                    let g = (u64::from(i) * u64::from(req.groups) / u64::from(req.count)) as u32 + 1;
+                    let g =
+                        (u64::from(i) * u64::from(req.groups) / u64::from(req.count)) as u32 + 1;
                     (g, format!("{prefix}-g{g:02}-{:04}", i + 1))
                 })
                 .collect();

@@ -1,1 +1,3 @@
 //! wip
+pub struct PlanDiff; pub struct Change; pub struct GroupChange; pub struct StepChange;
+pub fn diff() {}

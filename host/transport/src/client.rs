@@ -122,7 +122,6 @@ impl ReplicationReport {
 struct Batch {
     first: u64,
     data: Vec<u8>,
-    blocks: Vec<Digest>,
     groups: Vec<Digest>,
 }
 
@@ -226,13 +225,11 @@ fn spawn_reader(
                     let mut data = recycle.try_recv().unwrap_or_default();
                     data.resize(len, 0);
                     src.read_at(&mut data, off)?;
-                    let blocks = digest_blocks(&data);
-                    let groups = digest_groups(&blocks);
+                    let groups = digest_groups(&data);
                     if tx
                         .blocking_send(Ok(Batch {
                             first: g,
                             data,
-                            blocks,
                             groups,
                         }))
                         .is_err()
@@ -387,18 +384,20 @@ async fn run_session(
             .filter(|&i| bit(&gbits, i))
             .collect();
         if !groups.is_empty() {
-            let mut digests = Vec::with_capacity(groups.len() * GROUP_BLOCKS);
-            for &g in &groups {
-                for k in 0..GROUP_BLOCKS {
-                    digests.push(
-                        batch
-                            .blocks
-                            .get(g * GROUP_BLOCKS + k)
-                            .copied()
-                            .unwrap_or(zero_block()),
-                    );
-                }
-            }
+            // Block digests only for the groups that changed (16 each, zero-padded).
+            let data = &batch.data;
+            let digests: Vec<Digest> = tokio::task::block_in_place(|| {
+                groups
+                    .par_iter()
+                    .flat_map_iter(|&g| {
+                        let a = (g * GROUP_SIZE).min(data.len());
+                        let e = (a + GROUP_SIZE).min(data.len());
+                        let mut d = digest_blocks(&data[a..e]);
+                        d.resize(GROUP_BLOCKS, zero_block());
+                        d
+                    })
+                    .collect()
+            });
             write_msg(&mut wr, &Msg::Blocks(digests)).await?;
             let bbits = match reply(&mut rd, &mut acked).await? {
                 Msg::NeedBlocks(b) => b,
@@ -412,7 +411,7 @@ async fn run_session(
             let needed: Vec<usize> = (0..groups.len() * GROUP_BLOCKS)
                 .filter(|&i| bit(&bbits, i))
                 .map(|i| groups[i / GROUP_BLOCKS] * GROUP_BLOCKS + i % GROUP_BLOCKS)
-                .filter(|&b| b < batch.blocks.len())
+                .filter(|&b| b < batch.data.len().div_ceil(BLOCK_SIZE))
                 .collect();
             if !needed.is_empty() {
                 let level = opts.zstd_level;

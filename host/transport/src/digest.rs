@@ -1,8 +1,10 @@
-//! Block digests: truncated BLAKE3 at 4 KiB granularity, grouped by 64 KiB.
+//! Digests: truncated BLAKE3 of 64 KiB groups and of 4 KiB blocks.
 //!
-//! A 64 KiB group digest is the BLAKE3 of its sixteen 4 KiB block digests, so both
-//! sides derive it from the block digests without hashing the data twice.  128-bit
-//! truncation keeps the manifests small on the wire (16 bytes per 4 KiB = 0.4 %).
+//! The group digest is the BLAKE3 of the whole 64 KiB (zero-padded at the end of the
+//! disk): hashing 64 KiB at once uses every SIMD lane, about four times faster than
+//! sixteen 4 KiB hashes, so an incremental pass hashes blocks only in the groups that
+//! changed.  128-bit truncation keeps manifests small (16 bytes per 4 KiB = 0.4 %).
+//! Block digests are position-independent content keys for the dedup index.
 
 use std::sync::OnceLock;
 
@@ -35,13 +37,17 @@ impl Digest {
         truncate(blake3::hash(&padded))
     }
 
-    /// Digest of a group from its block digests.
-    pub fn of_group(blocks: &[Digest]) -> Digest {
-        let mut h = blake3::Hasher::new();
-        for b in blocks {
-            h.update(&b.0);
+    /// Digest of a group's data (shorter data is zero-padded to [`GROUP_SIZE`]).
+    pub fn of_group(data: &[u8]) -> Digest {
+        if is_zero(data) {
+            return zero_group();
         }
-        truncate(h.finalize())
+        if data.len() == GROUP_SIZE {
+            return truncate(blake3::hash(data));
+        }
+        let mut padded = vec![0u8; GROUP_SIZE];
+        padded[..data.len()].copy_from_slice(data);
+        truncate(blake3::hash(&padded))
     }
 
     /// Hex form (for logs).
@@ -60,6 +66,12 @@ fn truncate(h: blake3::Hash) -> Digest {
 pub fn zero_block() -> Digest {
     static ZERO: OnceLock<Digest> = OnceLock::new();
     *ZERO.get_or_init(|| truncate(blake3::hash(&[0u8; BLOCK_SIZE])))
+}
+
+/// Digest of an all-zero group.
+pub fn zero_group() -> Digest {
+    static ZERO: OnceLock<Digest> = OnceLock::new();
+    *ZERO.get_or_init(|| truncate(blake3::hash(&[0u8; GROUP_SIZE])))
 }
 
 /// True when every byte is zero.
@@ -84,9 +96,10 @@ pub fn digest_blocks(data: &[u8]) -> Vec<Digest> {
         .collect()
 }
 
-/// Group digests of a run of block digests (the last group may be short).
-pub fn digest_groups(blocks: &[Digest]) -> Vec<Digest> {
-    blocks.chunks(GROUP_BLOCKS).map(Digest::of_group).collect()
+/// Digests of every 64 KiB group of `data` (the last may be short), in parallel.
+pub fn digest_groups(data: &[u8]) -> Vec<Digest> {
+    use rayon::prelude::*;
+    data.par_chunks(GROUP_SIZE).map(Digest::of_group).collect()
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ async fn handshake_to_data(
     .unwrap();
     assert!(matches!(read_msg(&mut s).await.unwrap().0, Msg::BeginOk(_)));
     let blocks = digest_blocks(&disk[..65536]);
-    let groups = digest_groups(&blocks);
+    let groups = digest_groups(&disk[..65536]);
     write_msg(
         &mut s,
         &Msg::Groups {
