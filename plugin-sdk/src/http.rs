@@ -154,10 +154,7 @@ pub struct Response {
 impl Response {
     /// The first value of a header (name compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        find_header(&self.headers, name)
     }
 
     /// The body parsed as JSON.
@@ -206,6 +203,14 @@ impl Response {
             _ => other(detail),
         })
     }
+}
+
+/// The first value of header `name` (compared case-insensitively).
+pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// The parts of an absolute `http`/`https` URL that `wasi:http` wants.

@@ -27,6 +27,37 @@ pub enum Capability {
     DiskAccess,
 }
 
+impl Capability {
+    /// Every capability of the contract.
+    pub const ALL: [Capability; 7] = [
+        Capability::Connector,
+        Capability::Jobs,
+        Capability::Inventory,
+        Capability::Compute,
+        Capability::VmSnapshots,
+        Capability::Storage,
+        Capability::DiskAccess,
+    ];
+
+    /// The interface name in WIT (`vm-snapshots`).
+    pub fn interface(self) -> &'static str {
+        match self {
+            Capability::Connector => "connector",
+            Capability::Jobs => "jobs",
+            Capability::Inventory => "inventory",
+            Capability::Compute => "compute",
+            Capability::VmSnapshots => "vm-snapshots",
+            Capability::Storage => "storage",
+            Capability::DiskAccess => "disk-access",
+        }
+    }
+
+    /// The capability whose interface is `name`.
+    pub fn from_interface(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.interface() == name)
+    }
+}
+
 /// A connector's failure: the contract's typed error, plus the ways a call
 /// can fail before the connector answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]

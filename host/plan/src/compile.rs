@@ -134,7 +134,8 @@ fn origin_label(o: Origin) -> &'static str {
     }
 }
 
-/// The built-in per-VM chain of a mode (the failback shutdown is handled separately).
+/// The built-in per-VM chain of a mode (the shutdown phase of migration and failback is
+/// added separately).
 fn builtin_chain(mode: Mode) -> &'static [Action] {
     match mode {
         Mode::Test => &[
@@ -150,14 +151,7 @@ fn builtin_chain(mode: Mode) -> &'static [Action] {
             Action::ApplyNetwork,
             Action::PowerOn,
         ],
-        Mode::Migration => &[
-            Action::PowerOff,
-            Action::FinalizeReplication,
-            Action::CreateVm,
-            Action::ApplyNetwork,
-            Action::PowerOn,
-        ],
-        Mode::Failback => &[
+        Mode::Migration | Mode::Failback => &[
             Action::FinalizeReplication,
             Action::CreateVm,
             Action::ApplyNetwork,
@@ -284,9 +278,12 @@ impl Plan {
     /// its health gates and its post-steps; then plan post-steps. A group starts when the
     /// groups it depends on are done. Drills (`test`) end with the automatic cleanup
     /// (power-off and delete of the test VMs, dependents first); `undo` walks the groups
-    /// in reverse dependency order and skips gates; `failback` first powers the VMs off
-    /// at the recovery site in reverse dependency order, then reverse-syncs and brings
-    /// them up at production in dependency order.
+    /// in reverse dependency order and skips gates. `migration` and `failback` first
+    /// power the running VMs off (production for migration, the recovery site for
+    /// failback) in reverse dependency order, then finalize replication (the final sync,
+    /// reversed for failback) and bring the VMs up on the other side in dependency order.
+    /// Failover and drills choose the recovery point per VM; failover stops replication
+    /// first.
     ///
     /// Fails when [`Plan::verify`] reports errors, and for drills when a network mapping
     /// has no isolated test network.
@@ -322,9 +319,9 @@ impl Plan {
         };
         let start = b.user_steps(&self.pre_steps, Origin::PlanPre, None, &[], Vec::new());
 
-        // Failback: shut down at the recovery site, dependents first.
+        // Migration and failback: shut the running side down, dependents first.
         let mut shutdown: Vec<Vec<usize>> = vec![Vec::new(); self.groups.len()];
-        if mode == Mode::Failback {
+        if matches!(mode, Mode::Migration | Mode::Failback) {
             for &g in order.iter().rev() {
                 let group = &self.groups[g];
                 let mut deps = start.clone();

@@ -54,7 +54,7 @@ mod model;
 mod verify;
 
 pub use compile::{ExecutionGraph, Origin, StepInstance};
-pub use diff::{diff, Change, GroupChange, PlanDiff, StepChange};
+pub use diff::{diff, Change, ChangeKind, GroupChange, PlanDiff, StepChange};
 pub use duration::{DurationError, HumanDuration};
 pub use ids::{is_valid_id, slug};
 pub use model::{

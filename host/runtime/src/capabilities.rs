@@ -6,59 +6,10 @@ use serde::Serialize;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
+pub use haven_connector::Capability;
+
 use crate::error::{Result, RuntimeError};
 use crate::manifest::{supported_list, SUPPORTED_WIT};
-
-/// One exported interface of `haven:connector`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Capability {
-    /// Identity, configuration and health (always present).
-    Connector,
-    /// Polling of long operations.
-    Jobs,
-    /// VMs and networks.
-    Inventory,
-    /// Create, power, re-network, delete VMs.
-    Compute,
-    /// VM snapshots.
-    VmSnapshots,
-    /// Array volumes, snapshots, clones, replication.
-    Storage,
-    /// Descriptors of disk bytes.
-    DiskAccess,
-}
-
-impl Capability {
-    /// Every capability of the contract.
-    pub const ALL: [Capability; 7] = [
-        Capability::Connector,
-        Capability::Jobs,
-        Capability::Inventory,
-        Capability::Compute,
-        Capability::VmSnapshots,
-        Capability::Storage,
-        Capability::DiskAccess,
-    ];
-
-    /// The interface name in WIT (`vm-snapshots`).
-    pub fn interface(self) -> &'static str {
-        match self {
-            Capability::Connector => "connector",
-            Capability::Jobs => "jobs",
-            Capability::Inventory => "inventory",
-            Capability::Compute => "compute",
-            Capability::VmSnapshots => "vm-snapshots",
-            Capability::Storage => "storage",
-            Capability::DiskAccess => "disk-access",
-        }
-    }
-
-    /// The capability whose interface is `name`.
-    pub fn from_interface(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.interface() == name)
-    }
-}
 
 /// What a component exports, as far as Haven is concerned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -32,14 +32,7 @@ impl PluginConnector {
             .find(|i| i.name == instance)
             .ok_or_else(|| RuntimeError::UnknownInstance(instance.into()))?;
         let capabilities = match summary.state {
-            InstanceState::Ready { info, .. } => info
-                .capabilities
-                .iter()
-                .map(|c| {
-                    serde_json::from_value(json!(c.interface()))
-                        .expect("runtime and contract name capabilities alike")
-                })
-                .collect(),
+            InstanceState::Ready { info, .. } => info.capabilities,
             InstanceState::Unavailable { reason } => {
                 return Err(RuntimeError::InvalidComponent {
                     plugin: instance.into(),

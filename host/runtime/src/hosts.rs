@@ -49,35 +49,22 @@ impl HostPattern {
 
 /// Splits `host[:port]`, with `[v6]:port` brackets.
 pub(crate) fn split_port(text: &str) -> Result<(&str, Option<u16>), String> {
-    let bad_port = |p: &str| format!("{p:?} is not a port number (1-65535)");
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(Some(port)),
+        _ => Err(format!("{p:?} is not a port number (1-65535)")),
+    };
     if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
             .ok_or_else(|| format!("{text:?}: unclosed `[`"))?;
         return match after.strip_prefix(':') {
-            Some(p) => Ok((
-                host,
-                Some(
-                    p.parse()
-                        .ok()
-                        .filter(|&p| p > 0)
-                        .ok_or_else(|| bad_port(p))?,
-                ),
-            )),
+            Some(p) => Ok((host, port(p)?)),
             None if after.is_empty() => Ok((host, None)),
             None => Err(format!("{text:?}: unexpected text after `]`")),
         };
     }
     match text.rsplit_once(':') {
-        Some((host, p)) => Ok((
-            host,
-            Some(
-                p.parse()
-                    .ok()
-                    .filter(|&p| p > 0)
-                    .ok_or_else(|| bad_port(p))?,
-            ),
-        )),
+        Some((host, p)) => Ok((host, port(p)?)),
         None => Ok((text, None)),
     }
 }

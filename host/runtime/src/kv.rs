@@ -167,11 +167,11 @@ mod tests {
             Err(KvError::TooLarge(_))
         ));
         for i in 0..4 {
-            kv.set(&format!("big{i}"), vec![1; MAX_VALUE_BYTES - 10])
+            kv.set(&format!("big{i}"), vec![1; MAX_VALUE_BYTES - 1000])
                 .unwrap();
         }
         assert!(matches!(
-            kv.set("big4", vec![1; MAX_VALUE_BYTES - 10]),
+            kv.set("big4", vec![1; MAX_VALUE_BYTES - 1000]),
             Err(KvError::QuotaExceeded(_))
         ));
         // Overwriting within the quota is fine.

@@ -117,6 +117,26 @@ fn decode_head(bytes: &[u8]) -> (u64, String) {
     }
 }
 
+/// The version of a document (0: absent).
+fn current_version(
+    docs: &redb::Table<(&str, &str), &[u8]>,
+    collection: &str,
+    key: &str,
+) -> Result<u64, StoreError> {
+    Ok(docs
+        .get((collection, key))?
+        .map(|v| decode_doc(collection, key, v.value()))
+        .transpose()?
+        .map_or(0, |d| d.version))
+}
+
+/// The outcome of a write whose expected version is not the current one.
+fn conflict(expected: Option<u64>, found: u64) -> Option<Outcome> {
+    expected
+        .filter(|&e| e != found)
+        .map(|expected| Outcome::Conflict { expected, found })
+}
+
 /// Haven's state store.
 pub struct Store {
     db: Database,
@@ -194,23 +214,16 @@ impl Store {
                         value,
                         expected_version,
                     } => {
-                        let current = docs
-                            .get((collection.as_str(), key.as_str()))?
-                            .map(|v| decode_doc(collection, key, v.value()))
-                            .transpose()?
-                            .map_or(0, |d| d.version);
-                        match expected_version {
-                            Some(expected) if *expected != current => Outcome::Conflict {
-                                expected: *expected,
-                                found: current,
-                            },
-                            _ => {
-                                let version = current + 1;
+                        let current = current_version(&docs, collection, key)?;
+                        match conflict(*expected_version, current) {
+                            Some(conflict) => conflict,
+                            None => {
+                                let record = encode_doc(current + 1, value);
                                 docs.insert(
                                     (collection.as_str(), key.as_str()),
-                                    encode_doc(version, value).as_slice(),
+                                    record.as_slice(),
                                 )?;
-                                Outcome::Version(version)
+                                Outcome::Version(current + 1)
                             }
                         }
                     }
@@ -219,17 +232,10 @@ impl Store {
                         key,
                         expected_version,
                     } => {
-                        let current = docs
-                            .get((collection.as_str(), key.as_str()))?
-                            .map(|v| decode_doc(collection, key, v.value()))
-                            .transpose()?
-                            .map_or(0, |d| d.version);
-                        match expected_version {
-                            Some(expected) if *expected != current => Outcome::Conflict {
-                                expected: *expected,
-                                found: current,
-                            },
-                            _ => {
+                        let current = current_version(&docs, collection, key)?;
+                        match conflict(*expected_version, current) {
+                            Some(conflict) => conflict,
+                            None => {
                                 docs.remove((collection.as_str(), key.as_str()))?;
                                 Outcome::Version(0)
                             }

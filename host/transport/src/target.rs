@@ -272,6 +272,7 @@ async fn timed_read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Msg> {
 enum WriterCmd {
     Apply {
         ops: Vec<BlockOp>,
+        groups: Vec<(u64, Digest)>,
         stats: TargetStats,
         next_group: u64,
     },
@@ -300,6 +301,7 @@ fn writer_loop(
         match cmd {
             WriterCmd::Apply {
                 mut ops,
+                mut groups,
                 mut stats,
                 next_group,
             } => {
@@ -309,10 +311,12 @@ fn writer_loop(
                     match rx.try_recv() {
                         Ok(WriterCmd::Apply {
                             ops: more,
+                            groups: more_groups,
                             stats: s,
                             next_group,
                         }) => {
                             ops.extend(more);
+                            groups.extend(more_groups);
                             stats.unchanged_bytes += s.unchanged_bytes;
                             stats.zero_bytes += s.zero_bytes;
                             stats.dedup_bytes += s.dedup_bytes;
@@ -327,6 +331,7 @@ fn writer_loop(
                     }
                 }
                 w.apply(&ops)?;
+                w.set_group_digests(&groups);
                 w.add_stats(&stats);
                 if w.wants_checkpoint() {
                     w.checkpoint(next)?;
@@ -353,6 +358,7 @@ struct Session<'a> {
     replica_id: u32,
     own_image: File,
     digests: Vec<Digest>,
+    groups: Vec<Digest>,
     local: HashMap<Digest, u64>,
     files: HashMap<u32, Option<File>>,
     nblocks: u64,
@@ -513,6 +519,7 @@ async fn session<R: AsyncRead + Unpin>(
         replica_id: writer.replica_id(),
         own_image,
         digests: writer.digests().to_vec(),
+        groups: writer.group_digests().to_vec(),
         local: HashMap::new(),
         files: HashMap::new(),
         nblocks: blocks_for(size),
@@ -565,11 +572,11 @@ async fn session<R: AsyncRead + Unpin>(
                     let mut stats = TargetStats::default();
                     let need: Vec<u64> = (first..end)
                         .filter(|&g| {
-                            let a = (g * GROUP_BLOCKS as u64) as usize;
-                            let b = (a + GROUP_BLOCKS).min(s.nblocks as usize);
-                            let same = Digest::of_group(&s.digests[a..b]) == gd[(g - first) as usize];
+                            let same = s.groups[g as usize] == gd[(g - first) as usize];
                             if same {
-                                stats.unchanged_bytes += ((b - a) * BLOCK_SIZE) as u64;
+                                let a = g * GROUP_BLOCKS as u64;
+                                let b = (a + GROUP_BLOCKS as u64).min(s.nblocks);
+                                stats.unchanged_bytes += (b - a) * BLOCK_SIZE as u64;
                             }
                             !same
                         })
@@ -578,7 +585,7 @@ async fn session<R: AsyncRead + Unpin>(
                     let _ = out.send(Msg::NeedGroups(bits));
                     next_group = end;
                     if need.is_empty() {
-                        send_cmd(&cmd_tx, WriterCmd::Apply { ops: Vec::new(), stats, next_group }).await?;
+                        send_cmd(&cmd_tx, WriterCmd::Apply { ops: Vec::new(), groups: Vec::new(), stats, next_group }).await?;
                         continue;
                     }
                     let bd = match timed_read(rd).await? {
@@ -614,7 +621,8 @@ async fn session<R: AsyncRead + Unpin>(
                         };
                         ops.push(BlockOp { block, digest, kind });
                     }
-                    send_cmd(&cmd_tx, WriterCmd::Apply { ops, stats, next_group }).await?;
+                    let groups = need.iter().map(|&g| (g, gd[(g - first) as usize])).collect();
+                    send_cmd(&cmd_tx, WriterCmd::Apply { ops, groups, stats, next_group }).await?;
                 }
                 Msg::Finish(f) => {
                     if f.size != size {

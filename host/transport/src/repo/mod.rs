@@ -270,9 +270,11 @@ impl Repository {
             File::create(dir.join("image.raw"))
                 .and_then(|f| f.sync_all())
                 .map_err(|e| TransportError::io("creating image", e))?;
-            File::create(dir.join("digests.bin"))
-                .and_then(|f| f.sync_all())
-                .map_err(|e| TransportError::io("creating digests", e))?;
+            for f in ["digests.bin", "groups.bin"] {
+                File::create(dir.join(f))
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| TransportError::io("creating digests", e))?;
+            }
             write_atomic(&dir.join("state.json"), &to_json(&ReplicaState::default()))?;
         }
         Ok((dir, lock))

@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::journal::Journal;
-use super::store::{blocks_for, journal_path, load_digests, read_padded};
+use super::store::{blocks_for, journal_path, load_digests, load_groups, read_padded};
 use super::{now_unix, read_json, write_atomic, PassState, ReplicaState, Repository, Retention};
-use crate::digest::{digest_blocks, is_zero, Digest, BLOCK_SIZE};
+use crate::digest::{digest_blocks, digest_groups, is_zero, Digest, BLOCK_SIZE};
 use crate::error::{Result, TransportError};
 use crate::wire::TargetStats;
 
@@ -114,29 +114,34 @@ fn open_rw(path: &Path) -> Result<File> {
 }
 
 /// Hashes an image (for digests after a rollback or restore, and for verify).
-fn rehash(image: &File) -> Result<Vec<Digest>> {
+fn rehash(image: &File) -> Result<(Vec<Digest>, Vec<Digest>)> {
     let size = image
         .metadata()
         .map_err(|e| TransportError::io("stat image", e))?
         .len();
     let mut out = Vec::with_capacity(blocks_for(size) as usize);
+    let mut groups = Vec::new();
     let mut buf = vec![0u8; 16 << 20];
     let mut off = 0;
     while off < size {
         let n = ((size - off) as usize).min(buf.len());
         read_padded(image, &mut buf[..n], off)?;
         out.extend(digest_blocks(&buf[..n]));
+        groups.extend(digest_groups(&buf[..n]));
         off += n as u64;
     }
-    Ok(out)
+    Ok((out, groups))
 }
 
-fn write_digests(dir: &Path, d: &[Digest]) -> Result<()> {
-    let mut b = Vec::with_capacity(d.len() * 16);
-    for x in d {
-        b.extend_from_slice(&x.0);
+fn write_digests(dir: &Path, (blocks, groups): &(Vec<Digest>, Vec<Digest>)) -> Result<()> {
+    for (name, d) in [("digests.bin", blocks), ("groups.bin", groups)] {
+        let mut b = Vec::with_capacity(d.len() * 16);
+        for x in d {
+            b.extend_from_slice(&x.0);
+        }
+        write_atomic(&dir.join(name), &b)?;
     }
-    write_atomic(&dir.join("digests.bin"), &b)
+    Ok(())
 }
 
 /// Finishes what a crash interrupted: a commit whose point file exists, an in-place
@@ -406,8 +411,21 @@ impl Repository {
         if state.pass.is_none() {
             let image = File::open(dir.join("image.raw"))
                 .map_err(|e| TransportError::io("opening image", e))?;
-            let actual = rehash(&image)?;
+            let (actual, groups) = rehash(&image)?;
             let recorded = load_digests(&dir, actual.len() as u64)?;
+            let recorded_groups = load_groups(&dir, groups.len() as u64)?;
+            let bad_groups: Vec<usize> = groups
+                .iter()
+                .zip(&recorded_groups)
+                .enumerate()
+                .filter(|(_, (a, r))| a != r && **r != Digest::UNKNOWN)
+                .map(|(i, _)| i)
+                .take(100)
+                .collect();
+            if !bad_groups.is_empty() {
+                rep.errors
+                    .push(format!("group digests do not match the image at groups {bad_groups:?}"));
+            }
             rep.blocks_checked = actual.len() as u64;
             rep.mismatched_blocks = actual
                 .iter()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::journal::{punch_hole, JournalWriter, HEADER_LEN};
 use super::points::{self, PointMeta};
 use super::{now_unix, write_atomic, PassState, ReplicaLock, ReplicaState, Repository, Retention};
-use crate::digest::{zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS};
+use crate::digest::{zero_block, zero_group, Digest, BLOCK_SIZE, GROUP_BLOCKS, GROUP_SIZE};
 use crate::error::{Result, TransportError};
 use crate::wire::TargetStats;
 
@@ -110,8 +110,21 @@ pub(crate) fn journal_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 pub(crate) fn load_digests(dir: &Path, blocks: u64) -> Result<Vec<Digest>> {
-    let raw = std::fs::read(dir.join("digests.bin"))
-        .map_err(|e| TransportError::io("reading digests", e))?;
+    load_digest_file(&dir.join("digests.bin"), blocks, zero_block())
+}
+
+/// Group digests of a replica; a replica without the file gets UNKNOWN digests
+/// (its groups are then compared block by block once).
+pub(crate) fn load_groups(dir: &Path, groups: u64) -> Result<Vec<Digest>> {
+    let p = dir.join("groups.bin");
+    if !p.exists() {
+        return Ok(vec![Digest::UNKNOWN; groups as usize]);
+    }
+    load_digest_file(&p, groups, zero_group())
+}
+
+fn load_digest_file(path: &Path, n: u64, fill: Digest) -> Result<Vec<Digest>> {
+    let raw = std::fs::read(path).map_err(|e| TransportError::io("reading digests", e))?;
     let mut v: Vec<Digest> = raw
         .chunks_exact(16)
         .map(|c| {
@@ -120,7 +133,7 @@ pub(crate) fn load_digests(dir: &Path, blocks: u64) -> Result<Vec<Digest>> {
             Digest(d)
         })
         .collect();
-    v.resize(blocks as usize, zero_block());
+    v.resize(n as usize, fill);
     Ok(v)
 }
 
@@ -143,6 +156,9 @@ pub struct PassWriter {
     stage_at: usize,
     digests_file: File,
     digests: Vec<Digest>,
+    groups_file: File,
+    groups: Vec<Digest>,
+    groups_dirty: Option<(u64, u64)>,
     journal: JournalWriter,
     state: ReplicaState,
     pass: PassState,
@@ -242,6 +258,21 @@ impl PassWriter {
         };
         let stage = vec![0u8; WRITE_RUN + BLOCK_SIZE];
         let stage_at = stage.as_ptr().align_offset(BLOCK_SIZE);
+        let groups_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("groups.bin"))
+            .map_err(io("opening group digests"))?;
+        let mut groups = load_groups(&dir, groups_for(pass.size.max(pass.previous_size)))?;
+        for (b, d) in digests.iter().enumerate() {
+            if *d == Digest::UNKNOWN {
+                if let Some(g) = groups.get_mut(b / GROUP_BLOCKS) {
+                    *g = Digest::UNKNOWN;
+                }
+            }
+        }
         let mut w = PassWriter {
             repo: repo.clone(),
             dir,
@@ -252,6 +283,9 @@ impl PassWriter {
             stage_at,
             digests_file,
             digests,
+            groups_file,
+            groups,
+            groups_dirty: None,
             journal,
             state,
             pass,
@@ -313,6 +347,11 @@ impl PassWriter {
                 let d = Digest::of_block(&self.read_block(last)?);
                 self.set_digest(last, d);
             }
+            // The group cut by the new end is compared block by block next time.
+            if !size.is_multiple_of(GROUP_SIZE as u64) {
+                let g = groups_for(size) - 1;
+                self.set_group_digests(&[(g, Digest::UNKNOWN)]);
+            }
         } else if size > cur {
             self.image.set_len(size).map_err(io("growing image"))?;
         }
@@ -321,7 +360,30 @@ impl PassWriter {
             self.dirty = Some((0, blocks_for(size).saturating_sub(1)));
         }
         self.digests.resize(blocks_for(size) as usize, zero_block());
+        self.groups.resize(groups_for(size) as usize, zero_group());
+        if size != cur {
+            self.groups_dirty = Some((0, groups_for(size).saturating_sub(1)));
+        }
         Ok(())
+    }
+
+    /// Records the group digests (as the source computed them) of groups the pass
+    /// brought up to date.
+    pub fn set_group_digests(&mut self, groups: &[(u64, Digest)]) {
+        for &(g, d) in groups {
+            if let Some(x) = self.groups.get_mut(g as usize) {
+                *x = d;
+                self.groups_dirty = Some(match self.groups_dirty {
+                    Some((a, b)) => (a.min(g), b.max(g)),
+                    None => (g, g),
+                });
+            }
+        }
+    }
+
+    /// Current digest of every 64 KiB group (UNKNOWN where unsure).
+    pub fn group_digests(&self) -> &[Digest] {
+        &self.groups
     }
 
     fn set_digest(&mut self, block: u64, d: Digest) {
@@ -500,6 +562,22 @@ impl PassWriter {
                 .write_all_at(&bytes, a * 16)
                 .map_err(io("writing digests"))?;
         }
+        if let Some((a, b)) = self.groups_dirty.take() {
+            let end = (b as usize).min(self.groups.len().saturating_sub(1));
+            let mut bytes = Vec::new();
+            for d in self.groups.get(a as usize..=end).unwrap_or(&[]) {
+                bytes.extend_from_slice(&d.0);
+            }
+            self.groups_file
+                .write_all_at(&bytes, a * 16)
+                .map_err(io("writing group digests"))?;
+        }
+        self.groups_file
+            .set_len(self.groups.len() as u64 * 16)
+            .map_err(io("resizing group digests"))?;
+        self.groups_file
+            .sync_data()
+            .map_err(io("syncing group digests"))?;
         self.digests_file
             .set_len(self.digests.len() as u64 * 16)
             .map_err(io("resizing digests"))?;
