@@ -479,6 +479,31 @@ mod tests {
     }
 
     #[test]
+    fn parses_json_and_xml_bodies() {
+        #[derive(serde::Deserialize)]
+        struct Session {
+            key: String,
+            #[serde(rename = "userName")]
+            user: String,
+        }
+        let xml = Response {
+            status: 200,
+            headers: vec![],
+            body: br#"<returnval><key>52a1</key><userName>root</userName></returnval>"#.to_vec(),
+        };
+        let session: Session = xml.xml().unwrap();
+        assert_eq!((session.key.as_str(), session.user.as_str()), ("52a1", "root"));
+        let json = Response {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: br#"{"key": "k", "userName": "u"}"#.to_vec(),
+        };
+        assert_eq!(json.json::<Session>().unwrap().user, "u");
+        assert_eq!(json.header("content-type"), Some("application/json"));
+        assert!(matches!(json.xml::<Session>(), Err(crate::Error::Other(_))));
+    }
+
+    #[test]
     fn maps_statuses_to_typed_errors() {
         let resp = |status: u16, headers: Vec<(String, String)>| Response {
             status,

@@ -282,38 +282,6 @@ fn main() {
     let img = work.join("disk.raw");
     let mut data = generate(&img, size);
 
-    if std::env::var_os("HAVEN_BENCH_HASH_ONLY").is_some() {
-        use haven_transport::digest::digest_blocks;
-        let t = Instant::now();
-        let f = std::fs::File::open(&img).unwrap();
-        let mut buf = vec![0u8; 16 * MIB];
-        let mut off = 0u64;
-        let mut n = 0;
-        while off < size as u64 {
-            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off).unwrap();
-            n += digest_blocks(&buf).len();
-            off += buf.len() as u64;
-        }
-        println!("read+digest 4K: {:.2} s ({n} blocks)", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let mut off = 0u64;
-        while off < size as u64 {
-            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off).unwrap();
-            off += buf.len() as u64;
-        }
-        println!("read only: {:.2} s", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let mut off = 0u64;
-        while off < size as u64 {
-            std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, off).unwrap();
-            use rayon::prelude::*;
-            let v: Vec<blake3::Hash> = buf.par_chunks(65536).map(blake3::hash).collect();
-            n += v.len();
-            off += buf.len() as u64;
-        }
-        println!("read+digest 64K: {:.2} s", t.elapsed().as_secs_f64());
-        return;
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -423,8 +423,9 @@ impl Repository {
                 .take(100)
                 .collect();
             if !bad_groups.is_empty() {
-                rep.errors
-                    .push(format!("group digests do not match the image at groups {bad_groups:?}"));
+                rep.errors.push(format!(
+                    "group digests do not match the image at groups {bad_groups:?}"
+                ));
             }
             rep.blocks_checked = actual.len() as u64;
             rep.mismatched_blocks = actual

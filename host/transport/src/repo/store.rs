@@ -585,6 +585,8 @@ impl PassWriter {
             .sync_data()
             .map_err(io("syncing digests"))?;
         if !self.pending_index.is_empty() {
+            // Sorted keys make the B-tree inserts sequential.
+            self.pending_index.sort_unstable_by_key(|e| e.0);
             self.repo.index().insert(&self.pending_index, false)?;
             self.pending_index.clear();
         }

@@ -299,6 +299,9 @@ mod tests {
         let mut bad = header(3, 16, 1 << 20, 1, 112);
         bad.extend_from_slice(&(1u64 << 40).to_be_bytes());
         let mut s = open_bytes(&bad).unwrap();
-        assert!(matches!(s.read_at(&mut buf, 0), Err(SourceError::Qcow2Corrupt { .. })));
+        assert!(matches!(
+            s.read_at(&mut buf, 0),
+            Err(SourceError::Qcow2Corrupt { .. })
+        ));
     }
 }
