@@ -48,6 +48,10 @@ pub struct LabArgs {
     /// Seed of random faults (same seed, same order of operations: same failures).
     #[arg(long, default_value_t = 0)]
     pub fault_seed: u64,
+    /// Flush the state file to the device on every write (survives power
+    /// loss, not only a killed lab; slower).
+    #[arg(long)]
+    pub fsync: bool,
     /// Create this many VMs at start, if the seed site has no VMs yet.
     #[arg(long)]
     pub seed_vms: Option<u32>,
@@ -136,8 +140,23 @@ fn token(given: Option<String>, dir: &Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// Resolves on Ctrl-C or SIGTERM (or at once if signals cannot be watched).
+async fn stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Opens the lab, applies the start-up seeding and faults, and serves the API
-/// until Ctrl-C.
+/// until Ctrl-C or SIGTERM, then saves the state.
 pub async fn run_lab(args: LabArgs) -> anyhow::Result<()> {
     let token = token(args.token.clone(), &args.dir)?;
     let config = LabConfig {
@@ -148,6 +167,7 @@ pub async fn run_lab(args: LabArgs) -> anyhow::Result<()> {
         op_delay_ms: args.op_delay_ms,
         boot_delay_ms: args.boot_delay_ms,
         seed: args.fault_seed,
+        fsync: args.fsync,
     };
     let lab = Lab::open(config)
         .await
@@ -218,12 +238,12 @@ pub async fn run_lab(args: LabArgs) -> anyhow::Result<()> {
         args.dir.display(),
         args.dir.join("token").display()
     );
-    crate::api::serve(lab, listener, async {
-        // Ctrl-C (or a failure to listen for it) stops the server.
-        let _ = tokio::signal::ctrl_c().await;
-    })
+    crate::api::serve(lab.clone(), listener, stop_signal())
     .await
-    .context("serving the lab API")
+    .context("serving the lab API")?;
+    lab.commit().await;
+    eprintln!("lab stopped; state saved in {}", args.dir.display());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -82,13 +82,17 @@ pub fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` atomically: a temporary file, then a rename, so a
+/// killed process leaves the old or the new content, never a mix. With `fsync`
+/// the data is also flushed to the device first (survives a power loss).
+pub fn write_atomic(path: &Path, bytes: &[u8], fsync: bool) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if fsync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| LabError::io(format!("saving {}", path.display()), e))

@@ -20,7 +20,10 @@ use crate::requests::*;
 pub const STATE_FILE: &str = "state.json";
 
 /// Finished tasks kept for polling; older ones are forgotten.
-const KEEP_TASKS: usize = 20_000;
+const KEEP_TASKS: usize = 10_000;
+
+/// Least time between two writes of the state file (more changes coalesce).
+const WRITE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How a lab is set up.
 #[derive(Debug, Clone)]
@@ -39,11 +42,14 @@ pub struct LabConfig {
     pub boot_delay_ms: u64,
     /// Seed of random faults unless given.
     pub seed: u64,
+    /// Flush `state.json` to the device on every write (survives power loss,
+    /// not only a killed process; slower).
+    pub fsync: bool,
 }
 
 impl LabConfig {
     /// Defaults: sites `prod` and `dr` with two hosts each, 50 ms operations,
-    /// 2 s boots, seed 0.
+    /// 2 s boots, seed 0, no fsync.
     pub fn new(dir: impl Into<PathBuf>, token: impl Into<String>) -> Self {
         Self {
             dir: dir.into(),
@@ -53,6 +59,7 @@ impl LabConfig {
             op_delay_ms: 50,
             boot_delay_ms: 2000,
             seed: 0,
+            fsync: false,
         }
     }
 }
@@ -237,10 +244,17 @@ impl Lab {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Persists every change made so far (group commit) and waits for it.
-    pub async fn commit(&self) {
+    /// Marks the state changed: the persister writes it soon, coalescing
+    /// bursts of changes into one write. Returns the change's generation.
+    fn changed(&self) -> u64 {
         let generation = self.inner.requested.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.notify.notify_one();
+        generation
+    }
+
+    /// Persists every change made so far and waits until it is written.
+    pub async fn commit(&self) {
+        let generation = self.changed();
         let mut rx = self.inner.persisted.subscribe();
         // The persister lives as long as the lab; an error means it is gone.
         let _ = rx.wait_for(|done| *done >= generation).await;
@@ -254,7 +268,7 @@ impl Lab {
             if let Err(e) = tokio::task::spawn_blocking(move || worker.complete(num)).await {
                 tracing::error!(task = num, "task completion panicked: {e}");
             }
-            lab.commit().await;
+            lab.changed();
         });
     }
 
@@ -601,7 +615,7 @@ impl Lab {
                 }
             }
         };
-        self.commit().await;
+        self.changed();
         Ok(task)
     }
 
@@ -619,7 +633,7 @@ impl Lab {
             let num = vm_number(id)?;
             self.submit(&mut st, num, op)?
         };
-        self.commit().await;
+        self.changed();
         Ok(task)
     }
 
@@ -707,7 +721,7 @@ impl Lab {
             st.last_snapshot = number;
             task
         };
-        self.commit().await;
+        self.changed();
         Ok(task)
     }
 
@@ -754,7 +768,7 @@ impl Lab {
             }
             st.tasks[&num].clone()
         };
-        self.commit().await;
+        self.changed();
         Ok(task)
     }
 
@@ -778,7 +792,7 @@ impl Lab {
             let vm = Self::find(&st, id)?;
             Self::view(&st, vm, now_ms())
         };
-        self.commit().await;
+        self.changed();
         Ok(view)
     }
 
@@ -1234,8 +1248,8 @@ impl Lab {
     }
 }
 
-/// Writes the state whenever it changed, coalescing bursts of changes into one
-/// write (group commit); ends when the lab is dropped.
+/// Writes the state whenever it changed, at most every [`WRITE_INTERVAL`],
+/// coalescing bursts of changes into one write; ends when the lab is dropped.
 async fn persister(weak: Weak<Inner>, notify: Arc<Notify>) {
     loop {
         let wait = notify.notified();
@@ -1249,25 +1263,29 @@ async fn persister(weak: Weak<Inner>, notify: Arc<Notify>) {
             wait.await;
             continue;
         }
-        let (bytes, path) = {
-            let st = inner
-                .state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            (serde_json::to_vec(&*st), inner.config.dir.join(STATE_FILE))
-        };
-        match bytes {
-            Ok(bytes) => {
-                let written =
-                    tokio::task::spawn_blocking(move || disk::write_atomic(&path, &bytes)).await;
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!("cannot persist the lab state: {e}"),
-                    Err(e) => tracing::error!("persisting the lab state panicked: {e}"),
-                }
-            }
-            Err(e) => tracing::error!("cannot serialise the lab state: {e}"),
+        // Copy under the lock; serialise and write outside it.
+        let state = inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let path = inner.config.dir.join(STATE_FILE);
+        let fsync = inner.config.fsync;
+        let written = tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&state).map_err(|e| LabError::State {
+                path: path.clone(),
+                message: format!("cannot serialise: {e}"),
+            })?;
+            disk::write_atomic(&path, &bytes, fsync)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("cannot persist the lab state: {e}"),
+            Err(e) => tracing::error!("persisting the lab state panicked: {e}"),
         }
         inner.persisted.send_replace(target);
+        drop(inner);
+        tokio::time::sleep(WRITE_INTERVAL).await;
     }
 }

@@ -506,7 +506,7 @@ fn state_survives_a_restart_and_running_tasks_resume() {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let task_id = rt.block_on(async {
-        let (_lab, app) = lab(dir.path(), |_| {}).await;
+        let (lab, app) = lab(dir.path(), |_| {}).await;
         let id = create(&app, "keep").await;
         call(
             &app,
@@ -517,6 +517,8 @@ fn state_survives_a_restart_and_running_tasks_resume() {
         .await;
         let (status, task) = call(&app, "POST", &format!("/vms/{id}/power-on"), None).await;
         assert_eq!(status, StatusCode::ACCEPTED);
+        // Writes are coalesced and follow within milliseconds; wait for this one.
+        lab.commit().await;
         task["id"].as_str().unwrap().to_owned()
     });
     // The lab dies with its runtime, mid-task (as a kill would).

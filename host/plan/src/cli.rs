@@ -99,8 +99,8 @@ pub struct GraphArgs {
 }
 
 fn load(path: &Path) -> anyhow::Result<(String, Plan)> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let plan = Plan::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((text, plan))
 }

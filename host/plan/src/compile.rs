@@ -3,14 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
 use crate::model::{Action, Group, GroupId, HealthCheck, Mode, Plan, PlanId, Step, StepId, VmRef};
 use crate::PlanError;
 
 /// Where a [`StepInstance`] comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Origin {
     /// A plan-level pre-step.
@@ -32,13 +32,14 @@ pub enum Origin {
 
 /// One step to execute: a plan step or built-in action, for one VM when the action is
 /// per-VM.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepInstance {
     /// Position in [`ExecutionGraph::steps`]; dependencies always point to lower indices.
     pub index: usize,
     /// Idempotency key journalled by the engine with each side effect:
     /// `<plan id>:<mode>:<step id>:<connector>/<vm>` (`-` instead of the VM for steps
-    /// that act on no VM). Unique within the graph and stable across compilations.
+    /// that act on no VM). Unique within the graph and stable across compilations; the
+    /// engine combines it with its execution id when journalling.
     pub key: String,
     /// The plan step's id, or for built-in actions and gates a derived id such as
     /// `db.create-vm`, `db.gate.0`, `db.cleanup.delete-vm`.
@@ -67,7 +68,7 @@ pub struct StepInstance {
 
 /// The compiled plan for one mode: step instances in a deterministic topological order,
 /// with their dependency edges and parallelism limits.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecutionGraph {
     /// The plan compiled.
     pub plan: PlanId,
@@ -332,7 +333,13 @@ impl Plan {
                     vms[g]
                         .iter()
                         .map(|vm| {
-                            let spec = Spec::builtin(&group.id, vm, Action::PowerOff, Origin::Builtin, "shutdown.");
+                            let spec = Spec::builtin(
+                                &group.id,
+                                vm,
+                                Action::PowerOff,
+                                Origin::Builtin,
+                                "shutdown.",
+                            );
                             b.add(spec, &deps)
                         })
                         .collect()
@@ -356,7 +363,13 @@ impl Plan {
             let mut entry = start.clone();
             entry.extend(before.iter().flat_map(|&d| done[d].clone()));
             entry.extend(shutdown[g].iter().copied());
-            let frontier = b.user_steps(&group.pre_steps, Origin::GroupPre, Some(&group.id), &vms[g], entry);
+            let frontier = b.user_steps(
+                &group.pre_steps,
+                Origin::GroupPre,
+                Some(&group.id),
+                &vms[g],
+                entry,
+            );
             let mut vm_ends = Vec::new();
             for vm in &vms[g] {
                 let mut last = frontier.clone();
@@ -400,7 +413,13 @@ impl Plan {
                 }
             }
             let frontier = if gates.is_empty() { after_vms } else { gates };
-            done[g] = b.user_steps(&group.post_steps, Origin::GroupPost, Some(&group.id), &vms[g], frontier);
+            done[g] = b.user_steps(
+                &group.post_steps,
+                Origin::GroupPost,
+                Some(&group.id),
+                &vms[g],
+                frontier,
+            );
         }
         // Plan post-steps wait for the groups nothing depends on (the others are
         // implied); with no group they follow the pre-steps.
@@ -429,7 +448,8 @@ impl Plan {
                 for vm in &vms[g] {
                     let mut last = deps.clone();
                     for action in [Action::PowerOff, Action::DeleteVm] {
-                        let spec = Spec::builtin(&group.id, vm, action, Origin::Cleanup, "cleanup.");
+                        let spec =
+                            Spec::builtin(&group.id, vm, action, Origin::Cleanup, "cleanup.");
                         last = vec![b.add(spec, &last)];
                     }
                     ends.extend(last);
@@ -463,7 +483,11 @@ impl Plan {
     /// Groups on a cycle (rejected by verification) are appended in position order.
     fn topo_order(&self) -> Vec<usize> {
         let n = self.groups.len();
-        let deps: Vec<Vec<usize>> = self.groups.iter().map(|g| self.dependency_indices(g)).collect();
+        let deps: Vec<Vec<usize>> = self
+            .groups
+            .iter()
+            .map(|g| self.dependency_indices(g))
+            .collect();
         let mut placed = vec![false; n];
         let mut order = Vec::with_capacity(n);
         while order.len() < n {
@@ -503,7 +527,10 @@ impl Plan {
                         .collect(),
                 };
                 let mut seen = BTreeSet::new();
-                Ok(list.into_iter().filter(|vm| seen.insert(vm.clone())).collect())
+                Ok(list
+                    .into_iter()
+                    .filter(|vm| seen.insert(vm.clone()))
+                    .collect())
             })
             .collect()
     }

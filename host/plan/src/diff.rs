@@ -3,14 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{GroupId, Plan, Step, StepId};
 
 /// One field that changed, with the old and new values in JSON notation (`None`: the
 /// field is absent on that side).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     /// Field path relative to the plan, group or step, e.g. `rto`, `action.message`,
     /// `network_map.0.test`.
@@ -22,7 +22,7 @@ pub struct Change {
 }
 
 /// What happened to a group or step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ChangeKind {
     /// Only in the new plan.
@@ -34,7 +34,7 @@ pub enum ChangeKind {
 }
 
 /// A group that was added, removed, moved or changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupChange {
     /// The group id (the matching key).
     pub id: GroupId,
@@ -53,7 +53,7 @@ pub struct GroupChange {
 }
 
 /// A step that was added, removed, moved or changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepChange {
     /// The step id (the matching key).
     pub id: StepId,
@@ -72,7 +72,7 @@ pub struct StepChange {
 }
 
 /// The differences between two plans (see [`diff`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanDiff {
     /// Changed plan-level fields (everything but groups and steps).
     pub fields: Vec<Change>,
@@ -114,7 +114,13 @@ fn show(v: &Option<String>) -> &str {
 
 fn write_fields(out: &mut String, fields: &[Change]) {
     for c in fields {
-        let _ = writeln!(out, "      {}: {} → {}", c.field, show(&c.old), show(&c.new));
+        let _ = writeln!(
+            out,
+            "      {}: {} → {}",
+            c.field,
+            show(&c.old),
+            show(&c.new)
+        );
     }
 }
 
@@ -137,8 +143,14 @@ impl fmt::Display for PlanDiff {
         }
         for g in &self.groups {
             let (sign, place) = match g.kind {
-                ChangeKind::Added => ("+", format!("at groups.{}", g.new_index.unwrap_or_default())),
-                ChangeKind::Removed => ("-", format!("was groups.{}", g.old_index.unwrap_or_default())),
+                ChangeKind::Added => (
+                    "+",
+                    format!("at groups.{}", g.new_index.unwrap_or_default()),
+                ),
+                ChangeKind::Removed => (
+                    "-",
+                    format!("was groups.{}", g.old_index.unwrap_or_default()),
+                ),
                 ChangeKind::Modified if g.moved => (
                     "~",
                     format!(
@@ -147,7 +159,9 @@ impl fmt::Display for PlanDiff {
                         g.new_index.unwrap_or_default()
                     ),
                 ),
-                ChangeKind::Modified => ("~", format!("groups.{}", g.new_index.unwrap_or_default())),
+                ChangeKind::Modified => {
+                    ("~", format!("groups.{}", g.new_index.unwrap_or_default()))
+                }
             };
             let _ = writeln!(out, "  {sign} {} ({}) {place}", g.id, g.name);
             write_fields(&mut out, &g.fields);
@@ -287,8 +301,18 @@ pub fn diff(old: &Plan, new: &Plan) -> PlanDiff {
         .map(|(i, g)| (&g.id, i))
         .collect();
     let new_ids: BTreeSet<&GroupId> = new.groups.iter().map(|g| &g.id).collect();
-    let common_old: Vec<&GroupId> = old.groups.iter().map(|g| &g.id).filter(|id| new_ids.contains(id)).collect();
-    let common_new: Vec<&GroupId> = new.groups.iter().map(|g| &g.id).filter(|id| old_groups.contains_key(id)).collect();
+    let common_old: Vec<&GroupId> = old
+        .groups
+        .iter()
+        .map(|g| &g.id)
+        .filter(|id| new_ids.contains(id))
+        .collect();
+    let common_new: Vec<&GroupId> = new
+        .groups
+        .iter()
+        .map(|g| &g.id)
+        .filter(|id| old_groups.contains_key(id))
+        .collect();
     let moved = moved_keys(&common_old, &common_new);
     let mut groups = Vec::new();
     let mut seen = BTreeSet::new();
@@ -349,18 +373,15 @@ pub fn diff(old: &Plan, new: &Plan) -> PlanDiff {
     let mut moved_steps = BTreeSet::new();
     let lists: BTreeSet<&String> = new_steps.iter().map(|(l, _, _)| l).collect();
     for list in lists {
-        let stayed = |steps: &[(String, usize, &Step)], other: &dyn Fn(&StepId) -> bool| -> Vec<StepId> {
-            steps
-                .iter()
-                .filter(|(l, _, s)| l == list && other(&s.id))
-                .map(|(_, _, s)| s.id.clone())
-                .collect()
-        };
-        let in_new_same = |id: &StepId| {
-            new_steps
-                .iter()
-                .any(|(l, _, s)| l == list && &s.id == id)
-        };
+        let stayed =
+            |steps: &[(String, usize, &Step)], other: &dyn Fn(&StepId) -> bool| -> Vec<StepId> {
+                steps
+                    .iter()
+                    .filter(|(l, _, s)| l == list && other(&s.id))
+                    .map(|(_, _, s)| s.id.clone())
+                    .collect()
+            };
+        let in_new_same = |id: &StepId| new_steps.iter().any(|(l, _, s)| l == list && &s.id == id);
         let in_old_same = |id: &StepId| old_by_id.get(id).is_some_and(|(l, _, _)| *l == list);
         let a = stayed(&old_steps, &in_new_same);
         let b = stayed(&new_steps, &in_old_same);

@@ -145,14 +145,29 @@ mod tests {
         let d: HumanDuration = "90s".parse().unwrap();
         assert_eq!(d.as_millis(), 90_000);
         assert_eq!(d.to_string(), "1m30s");
-        assert_eq!("1h30m".parse::<HumanDuration>().unwrap().to_string(), "1h30m");
-        assert_eq!("1d2h3m4s5ms".parse::<HumanDuration>().unwrap().as_millis(), 93_784_005);
+        assert_eq!(
+            "1h30m".parse::<HumanDuration>().unwrap().to_string(),
+            "1h30m"
+        );
+        assert_eq!(
+            "1d2h3m4s5ms".parse::<HumanDuration>().unwrap().as_millis(),
+            93_784_005
+        );
         assert_eq!("0s".parse::<HumanDuration>().unwrap().to_string(), "0s");
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "15", "m", "15x", "1h 30m", "-5m", "99999999999999999999d", "1.5h"] {
+        for bad in [
+            "",
+            "15",
+            "m",
+            "15x",
+            "1h 30m",
+            "-5m",
+            "99999999999999999999d",
+            "1.5h",
+        ] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad}");
         }
     }

@@ -41,7 +41,7 @@ pub fn slug(name: &str, fallback: &str) -> String {
 
 fn derived(kind: &str, scope: &str, name: &str, taken: &BTreeSet<String>) -> String {
     let base = slug(name, kind);
-    for n in 0u32.. {
+    let candidate = |n: u32| {
         let mut h = Sha256::new();
         for part in [kind, scope, name] {
             h.update(part.as_bytes());
@@ -50,12 +50,12 @@ fn derived(kind: &str, scope: &str, name: &str, taken: &BTreeSet<String>) -> Str
         h.update(n.to_le_bytes());
         let digest = h.finalize();
         let short: String = digest[..3].iter().map(|b| format!("{b:02x}")).collect();
-        let id = format!("{base}-{short}");
-        if !taken.contains(&id) {
-            return id;
-        }
-    }
-    unreachable!("u32 space of candidate ids exhausted")
+        format!("{base}-{short}")
+    };
+    (0u32..=u32::MAX)
+        .map(candidate)
+        .find(|id| !taken.contains(id))
+        .unwrap_or_else(|| format!("{base}-{}", taken.len()))
 }
 
 /// Assigns ids to the plan, groups and steps that have none. Derived ids are the name's
@@ -65,8 +65,7 @@ pub fn assign_ids(plan: &mut Plan) {
     if plan.id.is_empty() {
         plan.id = PlanId(slug(&plan.name, "plan"));
     }
-    let mut taken_groups: BTreeSet<String> =
-        plan.groups.iter().map(|g| g.id.0.clone()).collect();
+    let mut taken_groups: BTreeSet<String> = plan.groups.iter().map(|g| g.id.0.clone()).collect();
     for group in &mut plan.groups {
         if group.id.is_empty() {
             let id = derived("group", "", &group.name, &taken_groups);
@@ -105,7 +104,10 @@ mod tests {
 
     #[test]
     fn slugs() {
-        assert_eq!(slug("Database tier (primary)", "g"), "database-tier-primary");
+        assert_eq!(
+            slug("Database tier (primary)", "g"),
+            "database-tier-primary"
+        );
         assert_eq!(slug("  ***  ", "group"), "group");
         assert_eq!(slug("Ünïcode ok", "g"), "n-code-ok");
         assert!(slug(&"x".repeat(100), "g").len() <= 32);

@@ -45,6 +45,8 @@
 //! `to_toml(from_toml(to_toml(p))) == to_toml(p)` byte for byte, order of groups and
 //! steps kept.
 
+#![deny(missing_docs)]
+
 pub mod cli;
 mod compile;
 mod diff;
@@ -58,8 +60,8 @@ pub use diff::{diff, Change, ChangeKind, GroupChange, PlanDiff, StepChange};
 pub use duration::{DurationError, HumanDuration};
 pub use ids::{is_valid_id, slug};
 pub use model::{
-    Action, Group, GroupId, HealthCheck, Mode, NetworkMapping, OnTimeout, Plan, PlanId,
-    ReIpRule, RecoveryPoint, Step, StepId, TagSelector, Timestamp, VmRef,
+    Action, Group, GroupId, HealthCheck, Mode, NetworkMapping, OnTimeout, Plan, PlanId, ReIpRule,
+    RecoveryPoint, Step, StepId, TagSelector, Timestamp, VmRef,
 };
 pub use verify::{Issue, Severity};
 
@@ -109,6 +111,55 @@ fn parse_message(path: &str, message: &str, line: Option<usize>) -> String {
     }
 }
 
+/// Lays the serialised document out: nested tables and arrays of tables become
+/// `[table]` / `[[array]]` sections, except `action` and `recovery_point`, which stay
+/// inline (`action = { kind = "power-on" }`) so that each step reads as one block.
+fn layout(table: &mut toml_edit::Table) {
+    use toml_edit::{ArrayOfTables, Item, Value};
+    for (key, item) in table.iter_mut() {
+        if matches!(key.get(), "action" | "recovery_point") {
+            continue;
+        }
+        let taken = std::mem::take(item);
+        *item = match taken {
+            Item::Value(Value::InlineTable(inline)) => {
+                let mut t = inline.into_table();
+                layout(&mut t);
+                Item::Table(t)
+            }
+            Item::Value(Value::Array(array))
+                if !array.is_empty() && array.iter().all(Value::is_inline_table) =>
+            {
+                let mut tables = ArrayOfTables::new();
+                for value in array {
+                    if let Value::InlineTable(inline) = value {
+                        let mut t = inline.into_table();
+                        layout(&mut t);
+                        tables.push(t);
+                    }
+                }
+                Item::ArrayOfTables(tables)
+            }
+            other => other,
+        };
+    }
+}
+
+/// Renders a deserialisation path as `groups.1.steps.0.timeout`.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let parts: Vec<String> = path
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Seq { index } => Some(index.to_string()),
+            Segment::Map { key } => Some(key.clone()),
+            Segment::Enum { variant } => Some(variant.clone()),
+            Segment::Unknown => None,
+        })
+        .collect();
+    parts.join(".")
+}
+
 impl Plan {
     /// Reads a plan from TOML and assigns ids to groups and steps that have none.
     ///
@@ -130,10 +181,10 @@ impl Plan {
             line: line_of(e.span()),
         })?;
         let mut plan: Plan = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
+            let path = field_path(e.path());
             let inner = e.into_inner();
             PlanError::Parse {
-                path: if path == "." { String::new() } else { path },
+                path,
                 message: inner.message().to_string(),
                 line: line_of(inner.span()),
             }
@@ -145,14 +196,30 @@ impl Plan {
     /// Writes the plan in canonical TOML form. Reading the result back with
     /// [`Plan::from_toml`] and writing it again yields the same bytes.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self)
-            .unwrap_or_else(|e| format!("# haven-plan: cannot write this plan: {e}\n"))
+        match toml_edit::ser::to_document(self) {
+            Ok(mut doc) => {
+                layout(doc.as_table_mut());
+                doc.to_string()
+            }
+            Err(e) => format!("# haven-plan: cannot write this plan: {e}\n"),
+        }
     }
 
     /// Assigns ids to the plan, groups and steps that have none (what [`Plan::from_toml`]
     /// does); for plans built or edited in code, e.g. through the API.
     pub fn assign_ids(&mut self) {
         ids::assign_ids(self);
+    }
+
+    /// A fingerprint of the plan's content: the SHA-256 (hex) of its canonical TOML.
+    /// Any edit changes it, so a readiness check can record the digest it verified and
+    /// the plan is unverified again as soon as the digest differs.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        Sha256::digest(self.to_toml().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The group with this id.

@@ -396,9 +396,9 @@ impl HealthCheck {
     /// The check's own timeout, if set.
     pub fn timeout(&self) -> Option<HumanDuration> {
         match self {
-            Self::Heartbeat { timeout } | Self::Tcp { timeout, .. } | Self::Http { timeout, .. } => {
-                *timeout
-            }
+            Self::Heartbeat { timeout }
+            | Self::Tcp { timeout, .. }
+            | Self::Http { timeout, .. } => *timeout,
         }
     }
 }
@@ -417,7 +417,17 @@ impl fmt::Display for HealthCheck {
 
 /// The modes a plan runs in.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {

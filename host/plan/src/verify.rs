@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::is_valid_id;
 use crate::model::{Action, Group, HealthCheck, Mode, OnTimeout, Plan, RecoveryPoint, Step};
 
 /// How serious an [`Issue`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Severity {
     /// The plan cannot run (compilation refuses it).
@@ -19,7 +19,7 @@ pub enum Severity {
 }
 
 /// One finding of [`Plan::verify`], with the field path it concerns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issue {
     /// Error or warning.
     pub severity: Severity,
@@ -102,10 +102,7 @@ impl Plan {
         }
         for (field, value) in [("rto", self.rto), ("rpo", self.rpo)] {
             match value {
-                None => out.error(
-                    field,
-                    format!("missing target {}", field.to_uppercase()),
-                ),
+                None => out.error(field, format!("missing target {}", field.to_uppercase())),
                 Some(d) if d.is_zero() => out.error(
                     field,
                     format!("target {} must be greater than zero", field.to_uppercase()),
@@ -142,6 +139,11 @@ impl Plan {
         }
         if self.groups.is_empty() {
             out.warn("groups", "the plan recovers no VM group");
+        } else if self.network_map.is_empty() {
+            out.warn(
+                "network_map",
+                "no network mapping: recovered VMs keep their production network names, and drills are not isolated",
+            );
         }
     }
 
@@ -158,7 +160,10 @@ impl Plan {
             if let Some(j) = seen.insert(m.production.as_str(), i) {
                 out.error(
                     format!("{path}.production"),
-                    format!("network {:?} is already mapped by network_map.{j}", m.production),
+                    format!(
+                        "network {:?} is already mapped by network_map.{j}",
+                        m.production
+                    ),
                 );
             }
             match &m.test {
@@ -208,7 +213,9 @@ impl Plan {
                         format!("{path}.gateway"),
                         format!("gateway {gw} is outside the target subnet {}", r.target),
                     );
-                } else if gw == r.target.network() && r.target.prefix_len() < r.target.max_prefix_len() - 1 {
+                } else if gw == r.target.network()
+                    && r.target.prefix_len() < r.target.max_prefix_len() - 1
+                {
                     out.error(
                         format!("{path}.gateway"),
                         format!("gateway {gw} is the subnet's network address"),
@@ -216,7 +223,9 @@ impl Plan {
                 }
             }
             for (j, other) in self.re_ip.iter().enumerate().take(i) {
-                if other.source.contains(&r.source.network()) || r.source.contains(&other.source.network()) {
+                if other.source.contains(&r.source.network())
+                    || r.source.contains(&other.source.network())
+                {
                     out.error(
                         format!("{path}.source"),
                         format!("{} overlaps re_ip.{j}.source {}", r.source, other.source),
@@ -234,12 +243,18 @@ impl Plan {
             if !is_valid_id(g.id.as_str()) {
                 out.error(format!("{path}.id"), format!("bad group id {:?}: use 1-64 characters a-z 0-9 _ . - starting with a letter or digit", g.id.as_str()));
             } else if let Some(j) = ids.insert(g.id.as_str(), i) {
-                out.error(format!("{path}.id"), format!("duplicate group id {:?} (also groups.{j})", g.id.as_str()));
+                out.error(
+                    format!("{path}.id"),
+                    format!("duplicate group id {:?} (also groups.{j})", g.id.as_str()),
+                );
             }
             if g.name.trim().is_empty() {
                 out.error(format!("{path}.name"), "the group needs a name");
             } else if let Some(j) = names.insert(g.name.as_str(), i) {
-                out.error(format!("{path}.name"), format!("duplicate group name {:?} (also groups.{j})", g.name));
+                out.error(
+                    format!("{path}.name"),
+                    format!("duplicate group name {:?} (also groups.{j})", g.name),
+                );
             }
         }
         for (i, g) in self.groups.iter().enumerate() {
@@ -267,7 +282,10 @@ impl Plan {
             let names: Vec<&str> = cycle.iter().map(|&i| self.groups[i].id.as_str()).collect();
             let first = names.first().copied().unwrap_or_default();
             out.error(
-                format!("groups.{}.depends_on", cycle.first().copied().unwrap_or_default()),
+                format!(
+                    "groups.{}.depends_on",
+                    cycle.first().copied().unwrap_or_default()
+                ),
                 format!("dependency cycle: {} → {first}", names.join(" → ")),
             );
         }
@@ -314,11 +332,17 @@ impl Plan {
                         }
                         1 => {
                             let pos = stack.iter().position(|&(n, _)| n == to).unwrap_or(0);
-                            let mut cycle: Vec<usize> = stack[pos..].iter().map(|&(n, _)| n).collect();
+                            let mut cycle: Vec<usize> =
+                                stack[pos..].iter().map(|&(n, _)| n).collect();
                             // `depends_on` points backwards in run order: reverse so the
                             // cycle reads in run order, then rotate to its lowest index.
                             cycle.reverse();
-                            if let Some(min_pos) = cycle.iter().enumerate().min_by_key(|(_, n)| **n).map(|(p, _)| p) {
+                            if let Some(min_pos) = cycle
+                                .iter()
+                                .enumerate()
+                                .min_by_key(|(_, n)| **n)
+                                .map(|(p, _)| p)
+                            {
                                 cycle.rotate_left(min_pos);
                             }
                             found.insert(cycle);
@@ -350,20 +374,29 @@ fn verify_group_body(g: &Group, path: &str, out: &mut Issues) {
         );
     }
     if g.vms.is_empty() && g.tags.is_empty() {
-        out.warn(format!("{path}.vms"), "the group selects no VM (neither vms nor tags)");
+        out.warn(
+            format!("{path}.vms"),
+            "the group selects no VM (neither vms nor tags)",
+        );
     }
     let mut seen = BTreeSet::new();
     for (j, vm) in g.vms.iter().enumerate() {
         if vm.trim().is_empty() {
             out.error(format!("{path}.vms.{j}"), "empty VM name");
         } else if !seen.insert(vm.as_str()) {
-            out.error(format!("{path}.vms.{j}"), format!("VM {vm:?} is listed twice"));
+            out.error(
+                format!("{path}.vms.{j}"),
+                format!("VM {vm:?} is listed twice"),
+            );
         }
     }
     let mut seen = BTreeSet::new();
     for (j, t) in g.tags.iter().enumerate() {
         if !seen.insert(t) {
-            out.warn(format!("{path}.tags.{j}"), format!("tag selector {t} is listed twice"));
+            out.warn(
+                format!("{path}.tags.{j}"),
+                format!("tag selector {t} is listed twice"),
+            );
         }
     }
     for (j, gate) in g.gates.iter().enumerate() {
@@ -419,7 +452,10 @@ fn verify_step<'a>(
     if !is_valid_id(s.id.as_str()) {
         out.error(format!("{path}.id"), format!("bad step id {:?}: use 1-64 characters a-z 0-9 _ . - starting with a letter or digit", s.id.as_str()));
     } else if let Some(other) = step_ids.insert(s.id.as_str(), path.to_string()) {
-        out.error(format!("{path}.id"), format!("duplicate step id {:?} (also {other})", s.id.as_str()));
+        out.error(
+            format!("{path}.id"),
+            format!("duplicate step id {:?} (also {other})", s.id.as_str()),
+        );
     }
     if s.name.trim().is_empty() {
         out.error(format!("{path}.name"), "the step needs a name");
@@ -430,21 +466,30 @@ fn verify_step<'a>(
     let mut seen = BTreeSet::new();
     for (j, m) in s.modes.iter().enumerate() {
         if !seen.insert(*m) {
-            out.warn(format!("{path}.modes.{j}"), format!("mode {m} is listed twice"));
+            out.warn(
+                format!("{path}.modes.{j}"),
+                format!("mode {m} is listed twice"),
+            );
         }
     }
     if s.timeout.is_some_and(|t| t.is_zero()) {
         out.error(format!("{path}.timeout"), "must be greater than zero");
     }
     if s.retries == 0 && s.retry_backoff.is_some() {
-        out.warn(format!("{path}.retry_backoff"), "has no effect with retries = 0");
+        out.warn(
+            format!("{path}.retry_backoff"),
+            "has no effect with retries = 0",
+        );
     } else if s.retries > 0 && s.retry_backoff.is_some_and(|b| b.is_zero()) {
         out.warn(format!("{path}.retry_backoff"), "retrying without delay");
     }
     if plan_level && s.action.is_per_vm() {
         out.error(
             format!("{path}.action.kind"),
-            format!("{} acts on a VM: put it in a group's steps", s.action.kind()),
+            format!(
+                "{} acts on a VM: put it in a group's steps",
+                s.action.kind()
+            ),
         );
     }
     let apath = format!("{path}.action");

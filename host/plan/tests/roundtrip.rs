@@ -36,8 +36,11 @@ fn opt_duration() -> impl Strategy<Value = Option<HumanDuration>> {
 fn check() -> impl Strategy<Value = HealthCheck> {
     prop_oneof![
         opt_duration().prop_map(|timeout| HealthCheck::Heartbeat { timeout }),
-        (text(), any::<u16>(), opt_duration())
-            .prop_map(|(host, port, timeout)| HealthCheck::Tcp { host, port, timeout }),
+        (text(), any::<u16>(), opt_duration()).prop_map(|(host, port, timeout)| HealthCheck::Tcp {
+            host,
+            port,
+            timeout
+        }),
         (text(), any::<u16>(), opt_duration()).prop_map(|(url, expect_status, timeout)| {
             HealthCheck::Http {
                 url,
@@ -130,7 +133,13 @@ fn group() -> impl Strategy<Value = Group> {
         proptest::collection::vec(step(), 0..3),
     )
         .prop_map(
-            |((id, name, description, deps), (parallelism, connector, vms, tags), gates, pre, post)| {
+            |(
+                (id, name, description, deps),
+                (parallelism, connector, vms, tags),
+                gates,
+                pre,
+                post,
+            )| {
                 Group {
                     id: GroupId(id),
                     name,
@@ -171,19 +180,24 @@ fn plan() -> impl Strategy<Value = Plan> {
                         production,
                         recovery,
                         test,
-                    }
+                    },
                 ),
-                0..3
+                0..3,
             ),
             proptest::collection::vec(
-                (net(), net(), proptest::option::of(ip()), proptest::collection::vec(ip(), 0..3))
+                (
+                    net(),
+                    net(),
+                    proptest::option::of(ip()),
+                    proptest::collection::vec(ip(), 0..3),
+                )
                     .prop_map(|(source, target, gateway, dns)| ReIpRule {
                         source,
                         target,
                         gateway,
-                        dns
+                        dns,
                     }),
-                0..3
+                0..3,
             ),
         ),
         proptest::collection::vec(step(), 0..3),

@@ -31,6 +31,10 @@ fn parse_err(text: &str) -> String {
 fn clean_plan_has_no_issues() {
     let found = issues(
         r#"
+[[network_map]]
+production = "prod"
+recovery = "dr"
+test = "bubble"
 [[groups]]
 id = "db"
 name = "DB"
@@ -39,6 +43,19 @@ vms = ["db-01"]
 "#,
     );
     assert!(found.is_empty(), "{found:?}");
+    let p = plan("[[groups]]\nid = \"db\"\nname = \"DB\"\ntags = [\"a=b\"]\n");
+    assert!(has(
+        &p.verify(),
+        Severity::Warning,
+        "network_map",
+        "no network mapping"
+    ));
+    // Any edit changes the digest.
+    let mut edited = p.clone();
+    assert_eq!(edited.digest(), p.digest());
+    assert_eq!(p.digest().len(), 64);
+    edited.groups[0].parallelism = Some(2);
+    assert_ne!(edited.digest(), p.digest());
 }
 
 #[test]
@@ -52,7 +69,15 @@ tags = ["x=y"]
 depends_on = ["nope"]
 "#,
     );
-    assert!(has(&found, Severity::Error, "groups.0.depends_on.0", "unknown group \"nope\""), "{found:?}");
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "groups.0.depends_on.0",
+            "unknown group \"nope\""
+        ),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -81,8 +106,19 @@ tags = ["x=y"]
 depends_on = ["d"]
 "#,
     );
-    assert!(has(&found, Severity::Error, "groups.0.depends_on", "dependency cycle: a → b → c → a"), "{found:?}");
-    assert!(has(&found, Severity::Error, "groups.3.depends_on.0", "itself"), "{found:?}");
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "groups.0.depends_on",
+            "dependency cycle: a → b → c → a"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "groups.3.depends_on.0", "itself"),
+        "{found:?}"
+    );
     let p = plan("[[groups]]\nid = \"a\"\nname = \"A\"\ntags = [\"x=y\"]\ndepends_on = [\"a\"]\n");
     assert!(matches!(
         p.compile(haven_plan::Mode::Failover, &Default::default()),
@@ -112,10 +148,32 @@ name = "S"
 action = { kind = "notify", channel = "c", message = "m" }
 "#,
     );
-    assert!(has(&found, Severity::Error, "groups.1.id", "duplicate group id"), "{found:?}");
-    assert!(has(&found, Severity::Error, "groups.1.name", "duplicate group name"), "{found:?}");
-    assert!(has(&found, Severity::Error, "groups.1.post_steps.0.id", "also groups.0.pre_steps.0"), "{found:?}");
-    assert!(has(&found, Severity::Warning, "groups.1.tags.1", "twice"), "{found:?}");
+    assert!(
+        has(&found, Severity::Error, "groups.1.id", "duplicate group id"),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "groups.1.name",
+            "duplicate group name"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "groups.1.post_steps.0.id",
+            "also groups.0.pre_steps.0"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Warning, "groups.1.tags.1", "twice"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -163,19 +221,98 @@ url = "not a url"
 expect_status = 999
 "#,
     );
-    assert!(has(&found, Severity::Error, "pre_steps.0.modes", "runs in no mode"), "{found:?}");
-    assert!(has(&found, Severity::Warning, "pre_steps.1.action.command", "administrator"), "{found:?}");
-    assert!(has(&found, Severity::Warning, "pre_steps.2.timeout", "failover"), "{found:?}");
-    assert!(!found.iter().any(|i| i.path == "pre_steps.3.timeout"), "{found:?}");
-    assert!(has(&found, Severity::Error, "pre_steps.4.action.kind", "acts on a VM"), "{found:?}");
-    assert!(has(&found, Severity::Error, "pre_steps.5.id", "bad step id"), "{found:?}");
-    assert!(has(&found, Severity::Error, "pre_steps.5.timeout", "greater than zero"), "{found:?}");
-    assert!(has(&found, Severity::Error, "pre_steps.5.action.check.port", "1 and 65535"), "{found:?}");
-    assert!(has(&found, Severity::Error, "groups.0.parallelism", "at least 1"), "{found:?}");
-    assert!(has(&found, Severity::Error, "groups.0.connector", "connector"), "{found:?}");
-    assert!(has(&found, Severity::Error, "groups.0.gates.0.url", "not an http"), "{found:?}");
-    assert!(has(&found, Severity::Error, "groups.0.gates.1.url", "bad URL"), "{found:?}");
-    assert!(has(&found, Severity::Error, "groups.0.gates.1.expect_status", "999"), "{found:?}");
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "pre_steps.0.modes",
+            "runs in no mode"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Warning,
+            "pre_steps.1.action.command",
+            "administrator"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Warning, "pre_steps.2.timeout", "failover"),
+        "{found:?}"
+    );
+    assert!(
+        !found.iter().any(|i| i.path == "pre_steps.3.timeout"),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "pre_steps.4.action.kind",
+            "acts on a VM"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "pre_steps.5.id", "bad step id"),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "pre_steps.5.timeout",
+            "greater than zero"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "pre_steps.5.action.check.port",
+            "1 and 65535"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "groups.0.parallelism",
+            "at least 1"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "groups.0.connector", "connector"),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "groups.0.gates.0.url",
+            "not an http"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "groups.0.gates.1.url", "bad URL"),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "groups.0.gates.1.expect_status",
+            "999"
+        ),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -203,19 +340,83 @@ target = "fd00::/64"
     )
     .unwrap();
     let found = p.verify();
-    assert!(has(&found, Severity::Error, "rto", "missing target RTO"), "{found:?}");
-    assert!(has(&found, Severity::Error, "rpo", "missing target RPO"), "{found:?}");
-    assert!(has(&found, Severity::Error, "parallelism", "at least 1"), "{found:?}");
-    assert!(has(&found, Severity::Error, "recovery_point.point", "bad recovery point"), "{found:?}");
-    assert!(has(&found, Severity::Warning, "network_map.0.test", "drills will be refused"), "{found:?}");
-    assert!(has(&found, Severity::Error, "network_map.1.production", "already mapped"), "{found:?}");
-    assert!(has(&found, Severity::Error, "network_map.1.test", "not isolated"), "{found:?}");
-    assert!(has(&found, Severity::Warning, "re_ip.0.source", "host bits"), "{found:?}");
-    assert!(has(&found, Severity::Error, "re_ip.0.target", "prefix length"), "{found:?}");
-    assert!(has(&found, Severity::Error, "re_ip.0.gateway", "outside"), "{found:?}");
-    assert!(has(&found, Severity::Error, "re_ip.1.target", "IP family"), "{found:?}");
-    assert!(has(&found, Severity::Error, "re_ip.1.source", "overlaps re_ip.0"), "{found:?}");
-    assert!(has(&found, Severity::Warning, "groups", "no VM group"), "{found:?}");
+    assert!(
+        has(&found, Severity::Error, "rto", "missing target RTO"),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "rpo", "missing target RPO"),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "parallelism", "at least 1"),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "recovery_point.point",
+            "bad recovery point"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Warning,
+            "network_map.0.test",
+            "drills will be refused"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "network_map.1.production",
+            "already mapped"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "network_map.1.test",
+            "not isolated"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Warning, "re_ip.0.source", "host bits"),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "re_ip.0.target", "prefix length"),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "re_ip.0.gateway", "outside"),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Error, "re_ip.1.target", "IP family"),
+        "{found:?}"
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "re_ip.1.source",
+            "overlaps re_ip.0"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        has(&found, Severity::Warning, "groups", "no VM group"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -233,21 +434,29 @@ timeout = "ten minutes"
 action = { kind = "power-on" }
 "#,
     );
-    assert!(e.starts_with("groups.1.pre_steps.0.timeout: bad duration"), "{e}");
+    assert!(
+        e.starts_with("groups.1.pre_steps.0.timeout: bad duration"),
+        "{e}"
+    );
     assert!(e.contains("(line 9)"), "{e}");
     assert!(!e.contains('\n'), "{e}");
 
-    let e = parse_err("name = \"P\"\n[[re_ip]]\nsource = \"10.0.0.0/33\"\ntarget = \"10.1.0.0/24\"\n");
+    let e =
+        parse_err("name = \"P\"\n[[re_ip]]\nsource = \"10.0.0.0/33\"\ntarget = \"10.1.0.0/24\"\n");
     assert!(e.starts_with("re_ip.0.source:"), "{e}");
     let e = parse_err("name = \"P\"\nrecovery_point = { latest_before = \"yesterday\" }\n");
-    assert!(e.starts_with("recovery_point.latest_before: bad timestamp"), "{e}");
+    assert!(
+        e.starts_with("recovery_point.latest_before: bad timestamp"),
+        "{e}"
+    );
     let e = parse_err("name = \"P\"\n[[groups]]\nname = \"G\"\ntags = [\"novalue\"]\n");
     assert!(e.starts_with("groups.0.tags.0: bad tag selector"), "{e}");
     let e = parse_err("name = \"P\"\n[[groups]]\nname = \"G\"\n[[groups.gates]]\ntype = \"tcp\"\nhost = \"h\"\nport = 70000\n");
     assert!(e.starts_with("groups.0.gates.0"), "{e}");
     let e = parse_err("name = \"P\"\nrto_typo = \"5m\"\n");
     assert!(e.contains("rto_typo"), "{e}");
-    let e = parse_err("name = \"P\"\n[[pre_steps]]\nname = \"S\"\naction = { kind = \"reboot\" }\n");
+    let e =
+        parse_err("name = \"P\"\n[[pre_steps]]\nname = \"S\"\naction = { kind = \"reboot\" }\n");
     assert!(e.starts_with("pre_steps.0.action"), "{e}");
     let e = parse_err("name = \"P\"\n[[pre_steps]]\nname = \"S\"\nmodes = [\"drill\"]\naction = { kind = \"power-on\" }\n");
     assert!(e.starts_with("pre_steps.0.modes.0"), "{e}");

@@ -32,6 +32,8 @@ use crate::wire::{
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest disk accepted (block digests are held in memory: 16 bytes per 4 KiB).
+pub const MAX_DISK: u64 = 16 << 40;
 /// Most block updates merged into one writer step (one journal fsync).
 const MERGE_OPS: usize = 4 * wire::BATCH_GROUPS * GROUP_BLOCKS;
 
@@ -375,7 +377,7 @@ impl Session<'_> {
                 .opts
                 .repo
                 .index()
-                .replica_name(replica)
+                .and_then(|i| i.replica_name(replica))
                 .ok()
                 .flatten()
                 .and_then(|n| self.opts.repo.image_path(&n).ok())
@@ -424,7 +426,7 @@ impl Session<'_> {
         }
         if !lookups.is_empty() {
             let keys: Vec<Digest> = lookups.iter().map(|&i| plan[i].1).collect();
-            let hits = self.opts.repo.index().lookup(&keys)?;
+            let hits = self.opts.repo.index()?.lookup(&keys)?;
             // Candidates grouped by replica; each group is read with coalesced,
             // parallel reads, then every block is verified against its digest.
             let mut by_replica: HashMap<u32, Vec<(u64, usize)>> = HashMap::new();
@@ -503,6 +505,12 @@ async fn session<R: AsyncRead + Unpin>(
             )))
         }
     };
+    if begin.size > MAX_DISK {
+        return Err(TransportError::Protocol(format!(
+            "disk of {} bytes is larger than the supported {MAX_DISK}",
+            begin.size
+        )));
+    }
     let repo = opts.repo.clone();
     let (name, size, allow) = (begin.replica.clone(), begin.size, begin.allow_resize);
     let writer = tokio::task::spawn_blocking(move || PassWriter::begin(&repo, &name, size, allow))

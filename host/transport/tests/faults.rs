@@ -318,3 +318,43 @@ async fn full_target_disk_fails_cleanly() {
     export_when_idle(&t.repo, "vm", 1, &out).await;
     qemu_img_compare(&v1, &out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_begin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = start_target(&dir.path().join("repo")).await;
+    for (replica, size) in [("ok", u64::MAX), ("../escape", 4096)] {
+        let cfg = tls::client_config(&Trust::Pinned(t.cert.clone())).unwrap();
+        let mut s = tls::connect(&t.addr, cfg, None, Arc::new(Counters::default()))
+            .await
+            .unwrap();
+        write_msg(
+            &mut s,
+            &Msg::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                purpose: Purpose::Replicate,
+            }),
+        )
+        .await
+        .unwrap();
+        read_msg(&mut s).await.unwrap();
+        write_msg(
+            &mut s,
+            &Msg::Begin(Begin {
+                replica: replica.into(),
+                size,
+                allow_resize: false,
+            }),
+        )
+        .await
+        .unwrap();
+        match read_msg(&mut s).await.unwrap().0 {
+            Msg::Error(e) => assert!(
+                matches!(e.kind, ErrorKind::Protocol | ErrorKind::Repository),
+                "{e:?}"
+            ),
+            m => panic!("expected an error, got {}", m.name()),
+        }
+    }
+    assert!(!dir.path().join("escape").exists());
+}

@@ -250,7 +250,10 @@ fn id_arg<'a>(field: &str, value: &'a str) -> Result<&'a str> {
 /// A started lab task.
 fn started(response: Response) -> Result<Started> {
     let task: LabTask = response.json()?;
-    host::debug(&format!("lab task {} ({} on {})", task.id, task.kind, task.vm));
+    host::debug(&format!(
+        "lab task {} ({} on {})",
+        task.id, task.kind, task.vm
+    ));
     Ok(Started::Job(task.id))
 }
 
@@ -292,14 +295,13 @@ fn check_site(field: &str, value: &str) -> Result<()> {
 
 impl Connector for Lab {
     fn describe() -> ConnectorInfo {
-        let spec = |key: &str, description: &str, required: bool, default: Option<&str>| {
-            SettingSpec {
+        let spec =
+            |key: &str, description: &str, required: bool, default: Option<&str>| SettingSpec {
                 key: key.into(),
                 description: description.into(),
                 required,
                 default_value: default.map(Into::into),
-            }
-        };
+            };
         ConnectorInfo {
             system: "Haven lab site".into(),
             description: "A site of Haven's lab simulator (`haven lab`): VMs whose disks are \
@@ -313,7 +315,12 @@ impl Connector for Lab {
                     false,
                     Some(DEFAULT_ENDPOINT),
                 ),
-                spec("site", "Lab site this instance manages (prod, dr)", true, None),
+                spec(
+                    "site",
+                    "Lab site this instance manages (prod, dr)",
+                    true,
+                    None,
+                ),
             ],
         }
     }
@@ -351,7 +358,8 @@ impl Connector for Lab {
         if health.is_err() {
             return Ok(vec![item("reachable", health)]);
         }
-        let sites = send(|e| http::get(&format!("{e}/sites"))).and_then(|r| r.json::<Vec<LabSite>>());
+        let sites =
+            send(|e| http::get(&format!("{e}/sites"))).and_then(|r| r.json::<Vec<LabSite>>());
         let site = match &sites {
             Ok(list) if list.iter().any(|s| s.name == config.site) => {
                 Ok(format!("site {} exists", config.site))
@@ -495,7 +503,9 @@ impl Compute for Lab {
     fn reconfigure_nics(vm: String, nics: Vec<NicSpec>) -> Result<Started> {
         let id = id_arg("vm", &vm)?;
         let body = json!({ "nics": nic_body(&nics) });
-        started(send(|e| with_json(http::post(&format!("{e}/vms/{id}/nics")), &body))?)
+        started(send(|e| {
+            with_json(http::post(&format!("{e}/vms/{id}/nics")), &body)
+        })?)
     }
 
     fn delete_vm(vm: String) -> Result<Started> {
@@ -547,7 +557,9 @@ impl VmSnapshots for Lab {
     fn delete_snapshot(vm: String, snapshot: String) -> Result<Started> {
         let id = id_arg("vm", &vm)?;
         let snap = id_arg("snapshot", &snapshot)?;
-        started(send(|e| http::delete(&format!("{e}/vms/{id}/snapshots/{snap}")))?)
+        started(send(|e| {
+            http::delete(&format!("{e}/vms/{id}/snapshots/{snap}"))
+        })?)
     }
 }
 
@@ -587,7 +599,8 @@ impl DiskAccess for Lab {
 
     fn open_target(name: String, capacity_bytes: u64) -> Result<DiskDescriptor> {
         let body = json!({ "name": name, "size_bytes": capacity_bytes });
-        let image: LabImage = send(|e| with_json(http::post(&format!("{e}/images")), &body))?.json()?;
+        let image: LabImage =
+            send(|e| with_json(http::post(&format!("{e}/images")), &body))?.json()?;
         Ok(DiskDescriptor {
             session: format!("image/{name}"),
             location: DiskLocation::File(FileLocation {
@@ -639,13 +652,18 @@ mod tests {
             )
         });
         server.route("POST", "/vms/vm-1/power-on", |_| {
-            Reply::json(409, &json!({"error": {"code": "conflict", "message": "vm-1 is already powered on"}}))
+            Reply::json(
+                409,
+                &json!({"error": {"code": "conflict", "message": "vm-1 is already powered on"}}),
+            )
         });
         server.route("POST", "/vms/vm-2/power-on", |_| {
             Reply::json(503, &json!({"error": {"code": "unavailable", "message": "site dr: its hosts are down"}}))
                 .with_header("retry-after", "5")
         });
-        server.route("GET", "/vms/vm-3/heartbeat", |_| Reply::text(502, "bad gateway"));
+        server.route("GET", "/vms/vm-3/heartbeat", |_| {
+            Reply::text(502, "bad gateway")
+        });
         server.route("GET", "/tasks/task-1", |_| {
             Reply::json(200, &json!({"id": "task-1", "kind": "power-on", "vm": "vm-1", "state": "failed",
                                      "percent": 100, "error": {"code": "unavailable", "message": "hosts went down"}}))
@@ -654,8 +672,11 @@ mod tests {
             Reply::json(200, &json!({"id": "task-2", "kind": "create-vm", "vm": "vm-4", "state": "running", "percent": 40}))
         });
         server.route("GET", "/tasks/task-3", |_| {
-            Reply::json(200, &json!({"id": "task-3", "kind": "create-vm", "vm": "vm-4", "state": "succeeded",
-                                     "percent": 100, "result": "vm-4"}))
+            Reply::json(
+                200,
+                &json!({"id": "task-3", "kind": "create-vm", "vm": "vm-4", "state": "succeeded",
+                                     "percent": 100, "result": "vm-4"}),
+            )
         });
         TestHost::install().secret("token", "t");
         configure(&server);
@@ -668,22 +689,42 @@ mod tests {
             disks: vec![],
             nics: vec![],
         };
-        assert!(matches!(Lab::create_vm(spec), Err(Error::InvalidInput(i)) if i.field == "nics.0.network"));
+        assert!(
+            matches!(Lab::create_vm(spec), Err(Error::InvalidInput(i)) if i.field == "nics.0.network")
+        );
         let on = Lab::power_on("vm-1".into());
         assert!(matches!(on, Err(Error::Conflict(_))), "{on:?}");
         match Lab::power_on("vm-2".into()) {
             Err(Error::Transient(t)) => assert_eq!(t.retry_after_ms, Some(5000)),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(Lab::guest_heartbeat("vm-3".into()), Err(Error::Transient(_))));
-        assert!(matches!(Lab::get_vm("vm-9".into()), Err(Error::NotFound(_))));
-        assert!(matches!(Lab::power_on("../x".into()), Err(Error::InvalidInput(i)) if i.field == "vm"));
-        assert!(matches!(Lab::poll("task-1".into()), Ok(JobStatus::Failed(Error::Transient(_)))));
-        assert!(matches!(Lab::poll("task-2".into()), Ok(JobStatus::Running(p)) if p.percent == Some(40)));
+        assert!(matches!(
+            Lab::guest_heartbeat("vm-3".into()),
+            Err(Error::Transient(_))
+        ));
+        assert!(matches!(
+            Lab::get_vm("vm-9".into()),
+            Err(Error::NotFound(_))
+        ));
+        assert!(
+            matches!(Lab::power_on("../x".into()), Err(Error::InvalidInput(i)) if i.field == "vm")
+        );
+        assert!(matches!(
+            Lab::poll("task-1".into()),
+            Ok(JobStatus::Failed(Error::Transient(_)))
+        ));
+        assert!(
+            matches!(Lab::poll("task-2".into()), Ok(JobStatus::Running(p)) if p.percent == Some(40))
+        );
         let done = Lab::poll("task-3".into());
-        assert!(matches!(&done, Ok(JobStatus::Succeeded(Some(id))) if id == "vm-4"), "{done:?}");
+        assert!(
+            matches!(&done, Ok(JobStatus::Succeeded(Some(id))) if id == "vm-4"),
+            "{done:?}"
+        );
         let auth = server.requests();
-        assert!(auth.iter().all(|r| r.header("authorization") == Some("Bearer t")));
+        assert!(auth
+            .iter()
+            .all(|r| r.header("authorization") == Some("Bearer t")));
     }
 
     #[test]
@@ -721,9 +762,16 @@ mod tests {
             }],
             nics: vec![],
         };
-        assert!(matches!(Lab::create_vm(spec.clone()), Err(Error::InvalidInput(i)) if i.field == "disks.0.location"));
-        let spec = VmSpec { disks: vec![], ..spec };
-        assert!(matches!(Lab::create_vm(spec), Err(Error::InvalidInput(i)) if i.field == "location"));
+        assert!(
+            matches!(Lab::create_vm(spec.clone()), Err(Error::InvalidInput(i)) if i.field == "disks.0.location")
+        );
+        let spec = VmSpec {
+            disks: vec![],
+            ..spec
+        };
+        assert!(
+            matches!(Lab::create_vm(spec), Err(Error::InvalidInput(i)) if i.field == "location")
+        );
         assert!(server.requests().is_empty());
         assert_eq!(Lab::describe().settings.len(), 2);
     }

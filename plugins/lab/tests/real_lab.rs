@@ -17,6 +17,13 @@ struct Running {
     rt: tokio::runtime::Runtime,
 }
 
+/// The SDK keeps the configuration in a process-wide static (`Configured`),
+/// so tests that configure different labs must not overlap.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn start() -> Running {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -76,6 +83,7 @@ fn succeeded(status: JobStatus) -> Option<String> {
 
 #[test]
 fn recovers_a_vm_from_a_replica_image_end_to_end() {
+    let _serial = serial();
     let lab = start();
     TestHost::install().secret("token", "s3cret");
     lab.configure("dr");
@@ -159,7 +167,10 @@ fn recovers_a_vm_from_a_replica_image_end_to_end() {
     // Snapshots, and the disk bytes at a snapshot.
     let snap = succeeded(wait(Lab::create_snapshot(id.clone(), "pre".into(), true))).unwrap();
     let snaps = Lab::list_snapshots(id.clone()).unwrap();
-    assert_eq!((snaps[0].id.as_str(), snaps[0].quiesced), (snap.as_str(), true));
+    assert_eq!(
+        (snaps[0].id.as_str(), snaps[0].quiesced),
+        (snap.as_str(), true)
+    );
     std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
     let at_snap = Lab::open_disk(id.clone(), "disk-0".into(), Some(snap.clone())).unwrap();
     assert!(!at_snap.writable);
@@ -176,18 +187,26 @@ fn recovers_a_vm_from_a_replica_image_end_to_end() {
     assert_eq!(std::fs::read(&image).unwrap(), bytes);
     succeeded(wait(Lab::delete_snapshot(id.clone(), snap)));
 
-    // Cleanup after the drill.
-    assert!(matches!(Lab::delete_vm(id.clone()), Ok(_)));
-    let status = wait(Lab::power_off(id.clone(), StopMode::Hard));
-    // Revert left it off, so the delete above ran; this power-off is refused.
-    assert!(
-        matches!(status, JobStatus::Failed(Error::Conflict(_)) | JobStatus::Failed(Error::NotFound(_))),
-        "{status:?}"
+    // Cleanup after the drill (revert left the VM off).
+    assert_eq!(
+        Lab::get_vm(id.clone()).unwrap().power_state,
+        PowerState::PoweredOff
     );
+    succeeded(wait(Lab::power_on(id.clone())));
+    assert!(matches!(
+        Lab::delete_vm(id.clone()),
+        Err(Error::Conflict(_))
+    ));
+    succeeded(wait(Lab::power_off(id.clone(), StopMode::Hard)));
+    succeeded(wait(Lab::delete_vm(id.clone())));
+    assert!(matches!(Lab::get_vm(id), Err(Error::NotFound(_))));
+    // The registered replica image stays.
+    assert!(image.exists());
 }
 
 #[test]
 fn inventory_by_tags_and_typed_faults() {
+    let _serial = serial();
     let lab = start();
     let ids = lab.rt.block_on(async {
         lab.lab
@@ -224,18 +243,22 @@ fn inventory_by_tags_and_typed_faults() {
     assert!(found.iter().all(|v| v.name.starts_with("app-g02-")));
     // A VM of another site is not this instance's.
     lab.configure("dr");
-    assert!(matches!(Lab::get_vm(ids[0].clone()), Err(Error::NotFound(_))));
+    assert!(matches!(
+        Lab::get_vm(ids[0].clone()),
+        Err(Error::NotFound(_))
+    ));
     assert!(Lab::list_vms().unwrap().is_empty());
     lab.configure("prod");
 
     // An injected failure reaches the job as a typed error.
-    lab.rt.block_on(lab.lab.fail_next(FailFault {
-        vm: Some(ids[0].clone()),
-        op: None,
-        count: 1,
-        code: Some("unavailable".into()),
-    }))
-    .unwrap();
+    lab.rt
+        .block_on(lab.lab.fail_next(FailFault {
+            vm: Some(ids[0].clone()),
+            op: None,
+            count: 1,
+            code: Some("unavailable".into()),
+        }))
+        .unwrap();
     assert!(matches!(
         wait(Lab::power_on(ids[0].clone())),
         JobStatus::Failed(Error::Transient(_))
@@ -248,20 +271,27 @@ fn inventory_by_tags_and_typed_faults() {
         panic!("expected a job")
     };
     Lab::cancel(job.clone()).unwrap();
-    assert!(matches!(Lab::poll(job.clone()), Ok(JobStatus::Failed(Error::Other(_)))));
+    assert!(matches!(
+        Lab::poll(job.clone()),
+        Ok(JobStatus::Failed(Error::Other(_)))
+    ));
     Lab::cancel(job).unwrap();
 
     // Host loss: VMs off, operations transient.
-    lab.rt.block_on(lab.lab.set_host_loss(HostLossFault {
-        site: "prod".into(),
-        down: true,
-    }))
-    .unwrap();
+    lab.rt
+        .block_on(lab.lab.set_host_loss(HostLossFault {
+            site: "prod".into(),
+            down: true,
+        }))
+        .unwrap();
     assert_eq!(
         Lab::get_vm(ids[0].clone()).unwrap().power_state,
         PowerState::PoweredOff
     );
-    assert_eq!(Lab::guest_heartbeat(ids[0].clone()).unwrap(), Heartbeat::None);
+    assert_eq!(
+        Lab::guest_heartbeat(ids[0].clone()).unwrap(),
+        Heartbeat::None
+    );
     match Lab::power_on(ids[0].clone()) {
         Err(Error::Transient(t)) => assert_eq!(t.retry_after_ms, Some(5000)),
         other => panic!("{other:?}"),
@@ -274,7 +304,11 @@ fn inventory_by_tags_and_typed_faults() {
     let checks = Lab::check().unwrap();
     assert!(checks[0].ok && !checks[1].ok, "{checks:?}");
     // No lab at all: `check` reports it unreachable.
-    Lab::configure(settings(&[("endpoint", "http://127.0.0.1:9"), ("site", "prod")])).unwrap();
+    Lab::configure(settings(&[
+        ("endpoint", "http://127.0.0.1:9"),
+        ("site", "prod"),
+    ]))
+    .unwrap();
     let checks = Lab::check().unwrap();
     assert!(!checks[0].ok, "{checks:?}");
 }

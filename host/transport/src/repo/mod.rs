@@ -88,7 +88,10 @@ pub struct ReplicaState {
 
 struct Inner {
     root: PathBuf,
-    index: Index,
+    /// Opened on first use: only passes need it, and redb admits one process at a
+    /// time, so `haven replica ...` works while a target serves the repository.
+    index: std::sync::OnceLock<Index>,
+    index_init: std::sync::Mutex<()>,
     key: Option<Arc<Key>>,
 }
 
@@ -202,11 +205,11 @@ impl Repository {
                 }),
             )?;
         }
-        let index = Index::open(&root.join("index.redb"))?;
         Ok(Repository {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
-                index,
+                index: std::sync::OnceLock::new(),
+                index_init: std::sync::Mutex::new(()),
                 key: key.map(Arc::new),
             }),
         })
@@ -217,9 +220,24 @@ impl Repository {
         &self.inner.root
     }
 
-    /// The global digest index.
-    pub fn index(&self) -> &Index {
-        &self.inner.index
+    /// The global digest index (opened on first use).
+    pub fn index(&self) -> Result<&Index> {
+        if let Some(i) = self.inner.index.get() {
+            return Ok(i);
+        }
+        let _guard = self
+            .inner
+            .index_init
+            .lock()
+            .map_err(|_| TransportError::Repository("index lock poisoned".into()))?;
+        if self.inner.index.get().is_none() {
+            let i = Index::open(&self.inner.root.join("index.redb"))?;
+            let _ = self.inner.index.set(i);
+        }
+        self.inner
+            .index
+            .get()
+            .ok_or_else(|| TransportError::Repository("digest index unavailable".into()))
     }
 
     pub(crate) fn key(&self) -> Option<Arc<Key>> {

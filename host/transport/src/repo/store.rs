@@ -201,7 +201,7 @@ impl PassWriter {
                 points::rollback_pass(repo, &dir, &mut state, &image)?;
             }
         }
-        let replica_id = repo.index().replica_id(name)?;
+        let replica_id = repo.index()?.replica_id(name)?;
         let key = repo.key();
         let (journal, digests) = match state.pass.clone() {
             Some(p) => {
@@ -587,7 +587,7 @@ impl PassWriter {
         if !self.pending_index.is_empty() {
             // Sorted keys make the B-tree inserts sequential.
             self.pending_index.sort_unstable_by_key(|e| e.0);
-            self.repo.index().insert(&self.pending_index, false)?;
+            self.repo.index()?.insert(&self.pending_index, false)?;
             self.pending_index.clear();
         }
         self.pass.acked_group = next_group;
@@ -603,7 +603,7 @@ impl PassWriter {
         let size = self.size();
         let stats = self.pass.stats.clone();
         self.checkpoint(groups_for(size))?;
-        self.repo.index().insert(&[], true)?;
+        self.repo.index()?.insert(&[], true)?;
         let id = self.pass.id;
         let meta = PointMeta {
             id,

@@ -1,0 +1,471 @@
+//! The executor: schedules step attempts, journals every transition, resumes.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haven_plan::{Action, ExecutionGraph, Origin, StepInstance};
+use haven_store::{Command, Store, StoreError};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
+
+use crate::journal::{replay, stream_name, Event, StepState};
+use crate::runner::{StepContext, StepFailure, StepRunner};
+
+/// Deadline of an attempt whose step sets none.
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);
+/// Why steps are skipped after a critical failure.
+const STOPPED: &str = "the plan stopped after a critical failure";
+/// First retry delay when a step sets none; doubled for each further retry.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Why the executor could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The journal could not be read or written; the execution is unchanged
+    /// from the last event written and can be resumed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The execution exists with a different graph (the plan changed since).
+    #[error("execution `{0}` was started from a different plan graph; start a new execution")]
+    GraphChanged(String),
+    /// A journal entry is not an event of this engine.
+    #[error("journal of `{execution}` is unreadable at entry {seq}: {message}")]
+    Journal {
+        /// Execution id.
+        execution: String,
+        /// Entry.
+        seq: u64,
+        /// Decoder message.
+        message: String,
+    },
+    /// `approve` named a step that is not waiting for approval.
+    #[error("step {step} of execution `{execution}` is not waiting for approval")]
+    NotAwaitingApproval {
+        /// Execution id.
+        execution: String,
+        /// Step index.
+        step: usize,
+    },
+}
+
+/// How a run of the executor ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutionOutcome {
+    /// Every step succeeded (or failed optionally, or was cleaned up).
+    Succeeded,
+    /// A critical step failed; these steps failed.
+    Failed {
+        /// Indices of the failed steps.
+        failed: Vec<usize>,
+    },
+    /// Waiting for operators to approve these steps; call
+    /// [`Executor::approve`], then [`Executor::run`] again.
+    AwaitingApproval {
+        /// Indices of the approval steps.
+        steps: Vec<usize>,
+    },
+}
+
+/// Time as the journal records it: Unix milliseconds, advancing with tokio's
+/// clock (so a simulation with paused time records virtual, reproducible times).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base_ms: u64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        let base_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self::starting_at(base_ms)
+    }
+
+    /// A clock that reads `base_ms` now (simulations).
+    pub fn starting_at(base_ms: u64) -> Self {
+        Self {
+            base_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base_ms + self.start.elapsed().as_millis() as u64
+    }
+}
+
+/// Runs execution graphs with a runner, journalling into a store.
+pub struct Executor<R: StepRunner> {
+    store: Arc<Store>,
+    runner: Arc<R>,
+    clock: Clock,
+}
+
+struct Attempt {
+    step: usize,
+    attempt: u32,
+    result: Result<String, StepFailure>,
+}
+
+impl<R: StepRunner> Executor<R> {
+    /// An executor over `store` with `runner`.
+    pub fn new(store: Arc<Store>, runner: Arc<R>, clock: Clock) -> Self {
+        Self {
+            store,
+            runner,
+            clock,
+        }
+    }
+
+    /// The journal of an execution.
+    pub fn events(&self, execution: &str) -> Result<Vec<Event>, ExecutorError> {
+        self.store
+            .stream(&stream_name(execution), 0)?
+            .into_iter()
+            .map(|e| {
+                serde_json::from_value(e.entry).map_err(|err| ExecutorError::Journal {
+                    execution: execution.into(),
+                    seq: e.seq,
+                    message: err.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The state of every step of an execution of `graph`.
+    pub fn states(
+        &self,
+        execution: &str,
+        graph: &ExecutionGraph,
+    ) -> Result<Vec<StepState>, ExecutorError> {
+        Ok(replay(graph.steps.len(), &self.events(execution)?))
+    }
+
+    fn append(&self, execution: &str, event: &Event) -> Result<(), ExecutorError> {
+        self.store.apply(&Command::Append {
+            stream: stream_name(execution),
+            at_ms: self.clock.now_ms(),
+            entry: serde_json::to_value(event).expect("events serialize"),
+        })?;
+        Ok(())
+    }
+
+    /// Records an operator's approval of an approval step.
+    pub fn approve(
+        &self,
+        execution: &str,
+        graph: &ExecutionGraph,
+        step: usize,
+        by: &str,
+    ) -> Result<(), ExecutorError> {
+        match self.states(execution, graph)?.get(step) {
+            Some(StepState::AwaitingApproval) => self.append(
+                execution,
+                &Event::ApprovalGranted {
+                    step,
+                    by: by.to_owned(),
+                },
+            ),
+            _ => Err(ExecutorError::NotAwaitingApproval {
+                execution: execution.into(),
+                step,
+            }),
+        }
+    }
+
+    /// Runs (or resumes) `execution` of `graph` until it finishes or waits
+    /// for approvals.
+    pub async fn run(
+        &self,
+        execution: &str,
+        graph: &ExecutionGraph,
+    ) -> Result<ExecutionOutcome, ExecutorError> {
+        let graph = Arc::new(graph.clone());
+        let digest = hex_sha256(&serde_json::to_vec(&*graph).expect("graphs serialize"));
+        let events = self.events(execution)?;
+        match events.first() {
+            None => self.append(
+                execution,
+                &Event::ExecutionStarted {
+                    plan: graph.plan.to_string(),
+                    mode: graph.mode.as_str().to_owned(),
+                    steps: graph.steps.len(),
+                    graph_sha256: digest,
+                },
+            )?,
+            Some(Event::ExecutionStarted { graph_sha256, .. }) if *graph_sha256 == digest => {
+                if matches!(events.last(), Some(Event::ExecutionFinished { .. })) {
+                    return Ok(outcome_of(&graph, &replay(graph.steps.len(), &events)));
+                }
+                self.append(execution, &Event::ExecutionResumed)?;
+            }
+            Some(_) => return Err(ExecutorError::GraphChanged(execution.into())),
+        }
+        let mut states = replay(graph.steps.len(), &events);
+        let mut stopping = critical_failure(&graph, &states);
+        let mut in_flight: BTreeSet<usize> = BTreeSet::new();
+        let mut tasks: JoinSet<Attempt> = JoinSet::new();
+
+        loop {
+            if stopping {
+                // Nothing but cleanup starts after a critical failure; what
+                // will never run is settled now, so cleanup can follow it.
+                for step in graph.steps.iter().filter(|s| s.origin != Origin::Cleanup) {
+                    let i = step.index;
+                    if !in_flight.contains(&i) && !states[i].is_terminal() {
+                        self.append(
+                            execution,
+                            &Event::StepSkipped {
+                                step: i,
+                                reason: STOPPED.into(),
+                            },
+                        )?;
+                        states[i] = StepState::Skipped;
+                    }
+                }
+            }
+            for step in &graph.steps {
+                let i = step.index;
+                if in_flight.contains(&i) {
+                    continue;
+                }
+                let attempt = match states[i] {
+                    StepState::Pending => 1,
+                    StepState::Running { attempt } | StepState::Retrying { attempt } => attempt,
+                    _ => continue,
+                };
+                match dependencies(&graph, &states, step) {
+                    Readiness::Wait => continue,
+                    Readiness::Blocked(reason) => {
+                        self.append(execution, &Event::StepSkipped { step: i, reason })?;
+                        states[i] = StepState::Skipped;
+                        continue;
+                    }
+                    Readiness::Ready => {}
+                }
+                if !has_capacity(&graph, step, &in_flight) {
+                    continue;
+                }
+                if let Action::Approval { message, .. } = &step.action {
+                    self.append(
+                        execution,
+                        &Event::ApprovalRequested {
+                            step: i,
+                            message: message.clone(),
+                        },
+                    )?;
+                    states[i] = StepState::AwaitingApproval;
+                    continue;
+                }
+                let backoff = match states[i] {
+                    StepState::Retrying { attempt } => backoff(step, attempt),
+                    _ => Duration::ZERO,
+                };
+                self.append(
+                    execution,
+                    &Event::StepStarted {
+                        step: i,
+                        key: step.key.clone(),
+                        attempt,
+                    },
+                )?;
+                states[i] = StepState::Running { attempt };
+                in_flight.insert(i);
+                let (runner, graph, ctx) = (
+                    self.runner.clone(),
+                    graph.clone(),
+                    StepContext {
+                        execution: execution.to_owned(),
+                        mode: graph.mode,
+                        attempt,
+                    },
+                );
+                tasks.spawn(async move {
+                    tokio::time::sleep(backoff).await;
+                    let step = &graph.steps[i];
+                    let deadline = step.timeout.map_or(DEFAULT_STEP_TIMEOUT, |t| t.to_std());
+                    let result = match tokio::time::timeout(
+                        deadline,
+                        runner.run(&graph, step, &ctx),
+                    )
+                    .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => Err(StepFailure::retryable(format!(
+                            "timed out after {deadline:?}"
+                        ))),
+                    };
+                    Attempt {
+                        step: i,
+                        attempt,
+                        result,
+                    }
+                });
+            }
+
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let Attempt {
+                step: i,
+                attempt,
+                result,
+            } = joined.expect("step tasks do not panic");
+            in_flight.remove(&i);
+            let step = &graph.steps[i];
+            match result {
+                Ok(detail) => {
+                    tracing::info!(execution, step = %step.key, attempt, "step succeeded: {detail}");
+                    self.append(
+                        execution,
+                        &Event::StepSucceeded {
+                            step: i,
+                            attempt,
+                            detail,
+                        },
+                    )?;
+                    states[i] = StepState::Succeeded;
+                }
+                Err(failure) => {
+                    let is_final = !failure.retryable || attempt > step.retries;
+                    tracing::warn!(execution, step = %step.key, attempt, is_final, "step failed: {}", failure.message);
+                    self.append(
+                        execution,
+                        &Event::StepFailed {
+                            step: i,
+                            attempt,
+                            error: failure.message.clone(),
+                            is_final,
+                        },
+                    )?;
+                    states[i] = if is_final {
+                        StepState::Failed {
+                            error: failure.message,
+                        }
+                    } else {
+                        StepState::Retrying {
+                            attempt: attempt + 1,
+                        }
+                    };
+                    stopping |= is_final && step.critical;
+                }
+            }
+        }
+
+        let awaiting: Vec<usize> = (0..states.len())
+            .filter(|&i| states[i] == StepState::AwaitingApproval)
+            .collect();
+        if !awaiting.is_empty() && !stopping {
+            return Ok(ExecutionOutcome::AwaitingApproval { steps: awaiting });
+        }
+        for (i, state) in states.iter_mut().enumerate() {
+            if !state.is_terminal() {
+                self.append(
+                    execution,
+                    &Event::StepSkipped {
+                        step: i,
+                        reason: STOPPED.into(),
+                    },
+                )?;
+                *state = StepState::Skipped;
+            }
+        }
+        let outcome = outcome_of(&graph, &states);
+        let label = if outcome == ExecutionOutcome::Succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        self.append(
+            execution,
+            &Event::ExecutionFinished {
+                outcome: label.into(),
+            },
+        )?;
+        Ok(outcome)
+    }
+}
+
+enum Readiness {
+    Ready,
+    Wait,
+    Blocked(String),
+}
+
+/// Whether `step` may start: every dependency succeeded (an optional one may
+/// have failed); cleanup steps only need their dependencies to be over.
+fn dependencies(graph: &ExecutionGraph, states: &[StepState], step: &StepInstance) -> Readiness {
+    let cleanup = step.origin == Origin::Cleanup;
+    for &d in &step.depends_on {
+        match &states[d] {
+            StepState::Succeeded => {}
+            s if cleanup && s.is_terminal() => {}
+            StepState::Failed { .. } if !graph.steps[d].critical => {}
+            StepState::Failed { .. } | StepState::Skipped => {
+                return Readiness::Blocked(format!(
+                    "dependency `{}` did not complete",
+                    graph.steps[d].key
+                ))
+            }
+            _ => return Readiness::Wait,
+        }
+    }
+    Readiness::Ready
+}
+
+/// Whether the plan's and the step's group's parallelism limits allow one more.
+fn has_capacity(graph: &ExecutionGraph, step: &StepInstance, in_flight: &BTreeSet<usize>) -> bool {
+    if graph
+        .parallelism
+        .is_some_and(|cap| in_flight.len() >= cap as usize)
+    {
+        return false;
+    }
+    let Some(group) = &step.group else {
+        return true;
+    };
+    let Some(cap) = graph.group_parallelism.get(group) else {
+        return true;
+    };
+    let running: usize = in_flight
+        .iter()
+        .filter(|&&i| graph.steps[i].group.as_ref() == Some(group))
+        .count();
+    running < *cap as usize
+}
+
+fn backoff(step: &StepInstance, attempt: u32) -> Duration {
+    let first = step.retry_backoff.map_or(DEFAULT_BACKOFF, |b| b.to_std());
+    first.saturating_mul(1 << attempt.saturating_sub(2).min(16))
+}
+
+fn critical_failure(graph: &ExecutionGraph, states: &[StepState]) -> bool {
+    states
+        .iter()
+        .zip(&graph.steps)
+        .any(|(s, step)| step.critical && matches!(s, StepState::Failed { .. }))
+}
+
+fn outcome_of(graph: &ExecutionGraph, states: &[StepState]) -> ExecutionOutcome {
+    let failed: Vec<usize> = states
+        .iter()
+        .zip(&graph.steps)
+        .filter(|(s, step)| step.critical && matches!(s, StepState::Failed { .. }))
+        .map(|(_, step)| step.index)
+        .collect();
+    if failed.is_empty() {
+        ExecutionOutcome::Succeeded
+    } else {
+        ExecutionOutcome::Failed { failed }
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
