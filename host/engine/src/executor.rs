@@ -318,7 +318,7 @@ impl<R: StepRunner> Executor<R> {
             let step = &graph.steps[i];
             match result {
                 Ok(detail) => {
-                    tracing::info!(execution, step = %step.key, attempt, "step succeeded: {detail}");
+                    tracing::debug!(execution, step = %step.key, attempt, "step succeeded: {detail}");
                     self.append(
                         execution,
                         &Event::StepSucceeded {

@@ -19,6 +19,7 @@
 //! drives real systems; [`simulate::SimulatedRunner`] injects seeded faults
 //! for dry runs and tests.
 
+pub mod cli;
 pub mod executor;
 pub mod journal;
 pub mod runner;

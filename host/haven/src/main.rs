@@ -32,12 +32,25 @@ enum Command {
     /// Package, install, inspect and call connector plugins.
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),
+    /// Check, format, diff, compile and simulate recovery plans (plans as code).
+    #[command(subcommand)]
+    Plan(PlanCommand),
     /// Run the replication target service (the DR site's end of the block transport).
     Target(haven_transport::cli::TargetArgs),
     /// Replicate a disk image or NBD export to a target, as a new recovery point.
     Replicate(haven_transport::cli::ReplicateArgs),
     /// Inspect, verify, restore and export replicas in a target repository.
     Replica(haven_transport::cli::ReplicaArgs),
+}
+
+/// `haven plan ...`: the plan model's commands and the engine's dry run.
+#[derive(Subcommand)]
+enum PlanCommand {
+    #[command(flatten)]
+    Model(haven_plan::cli::PlanCommand),
+    /// Dry-run a plan against simulated connectors with seeded faults; prints
+    /// the timeline and the predicted RTO.
+    Simulate(haven_engine::cli::SimulateArgs),
 }
 
 fn default_home() -> PathBuf {
@@ -83,6 +96,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Plugin(cmd) => plugin_cmd::run(cmd, home).await,
+            Command::Plan(PlanCommand::Model(cmd)) => haven_plan::cli::run(cmd),
+            Command::Plan(PlanCommand::Simulate(args)) => {
+                tokio::task::spawn_blocking(move || haven_engine::cli::run_simulate(args))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r)
+            }
             Command::Target(args) => haven_transport::cli::run_target(args).await,
             Command::Replicate(args) => haven_transport::cli::run_replicate(args).await,
             Command::Replica(args) => haven_transport::cli::run_replica(args).await,

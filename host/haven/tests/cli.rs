@@ -148,3 +148,50 @@ fn bad_input_gets_one_line_and_a_failure_code() {
     let usage = haven(home, &["plugin", "frobnicate"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit with 2");
 }
+
+#[test]
+fn plan_commands_validate_and_simulate_deterministically() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path();
+    let plan = haven_tests::repo_root().join("host/plan/examples/three-tier.toml");
+    let plan = plan.to_str().unwrap();
+    let out = haven(home, &["plan", "validate", plan]);
+    assert!(out.status.success(), "{out:?}");
+    let simulate = |extra: &[&str]| {
+        let mut args = vec!["plan", "simulate", plan, "--mode", "failover"];
+        args.extend_from_slice(extra);
+        haven(home, &args)
+    };
+    let (a, b, c) = (
+        simulate(&["--seed", "9", "--transient", "0.3"]),
+        simulate(&["--seed", "9", "--transient", "0.3"]),
+        simulate(&["--seed", "10", "--transient", "0.3"]),
+    );
+    assert_eq!(stdout(&a), stdout(&b), "same seed, same timeline");
+    assert_ne!(stdout(&a), stdout(&c), "another seed, other faults");
+    let clean = simulate(&[]);
+    assert!(clean.status.success(), "{clean:?}");
+    assert!(
+        stdout(&clean).contains("execution succeeded"),
+        "{}",
+        stdout(&clean)
+    );
+    assert!(
+        stdout(&clean).contains("predicted RTO"),
+        "{}",
+        stdout(&clean)
+    );
+    let lost = simulate(&["--lose", "vcenter-prod"]);
+    assert_one_line_error(&lost, "the plan would not recover");
+    assert_eq!(
+        haven(
+            home,
+            &["plan", "simulate", plan, "--mode", "test", "--hang", "7"]
+        )
+        .status
+        .code(),
+        Some(2)
+    );
+    let missing = haven(home, &["plan", "validate", "/nonexistent.toml"]);
+    assert_one_line_error(&missing, "/nonexistent.toml");
+}

@@ -143,8 +143,7 @@ fn token(given: Option<String>, dir: &Path) -> anyhow::Result<String> {
 /// Resolves on Ctrl-C or SIGTERM (or at once if signals cannot be watched).
 async fn stop_signal() {
     #[cfg(unix)]
-    if let Ok(mut term) =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -239,8 +238,8 @@ pub async fn run_lab(args: LabArgs) -> anyhow::Result<()> {
         args.dir.join("token").display()
     );
     crate::api::serve(lab.clone(), listener, stop_signal())
-    .await
-    .context("serving the lab API")?;
+        .await
+        .context("serving the lab API")?;
     lab.commit().await;
     eprintln!("lab stopped; state saved in {}", args.dir.display());
     Ok(())

@@ -35,6 +35,15 @@ pub fn create_sparse(path: &Path, size: u64) -> Result<()> {
         .map_err(|e| LabError::io(format!("sizing {}", path.display()), e))
 }
 
+/// Creates (or truncates to) a sparse raw image of `size` bytes in a directory
+/// that exists.
+pub fn create_sparse_in_existing_dir(path: &Path, size: u64) -> Result<()> {
+    let file =
+        File::create(path).map_err(|e| LabError::io(format!("creating {}", path.display()), e))?;
+    file.set_len(size)
+        .map_err(|e| LabError::io(format!("sizing {}", path.display()), e))
+}
+
 /// Copies an image, leaving holes where the source has zero blocks.
 pub fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
     let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());

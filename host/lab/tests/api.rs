@@ -537,3 +537,46 @@ fn state_survives_a_restart_and_running_tasks_resume() {
         assert_eq!(create(&app, "next").await, "vm-2");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_power_ons_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lab, _app) = lab(dir.path(), |c| c.boot_delay_ms = 0).await;
+    let seeded = lab
+        .seed(serde_json::from_value(json!({"site": "prod", "count": 1000, "groups": 20})).unwrap())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for id in seeded.vms.clone() {
+        let lab = lab.clone();
+        handles.push(tokio::spawn(
+            async move { lab.power_on(&id).await.unwrap().id },
+        ));
+    }
+    let mut tasks = Vec::new();
+    for h in handles {
+        tasks.push(h.await.unwrap());
+    }
+    let submitted = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.running_tasks().is_empty() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "1000 power-ons: submitted in {submitted:?}, all done in {:?}",
+        started.elapsed()
+    );
+    for t in &tasks {
+        assert_eq!(
+            lab.task(t).unwrap().state,
+            haven_lab::model::TaskState::Succeeded
+        );
+    }
+    let on = lab.vms(Some("prod")).unwrap();
+    assert!(on
+        .iter()
+        .all(|v| v.heartbeat == haven_lab::model::Heartbeat::Ok));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

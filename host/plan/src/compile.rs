@@ -42,7 +42,8 @@ pub struct StepInstance {
     /// engine combines it with its execution id when journalling.
     pub key: String,
     /// The plan step's id, or for built-in actions and gates a derived id such as
-    /// `db.create-vm`, `db.gate.0`, `db.cleanup.delete-vm`.
+    /// `db/create-vm`, `db/gate.0`, `db/cleanup.delete-vm`, `db/shutdown.power-off`
+    /// (the `/` cannot occur in plan step ids, so they never collide).
     pub step: StepId,
     /// Human name.
     pub name: String,
@@ -190,7 +191,7 @@ impl Spec<'_> {
         label: &str,
     ) -> Spec<'s> {
         Spec {
-            step: StepId(format!("{group}.{label}{}", action.kind())),
+            step: StepId(format!("{group}/{label}{}", action.kind())),
             name: format!("{} {}", action.kind(), vm.name),
             origin,
             group: Some(group),
@@ -387,7 +388,7 @@ impl Plan {
             let mut gates = Vec::new();
             if mode != Mode::Undo {
                 for (j, gate) in group.gates.iter().enumerate() {
-                    let gate_id = StepId(format!("{}.gate.{j}", group.id));
+                    let gate_id = StepId(format!("{}/gate.{j}", group.id));
                     let spec = |vm, action| Spec {
                         step: gate_id.clone(),
                         name: format!("gate: {gate}"),

@@ -510,7 +510,39 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_backoff: Option<HumanDuration>,
     /// What the step does.
+    #[serde(deserialize_with = "deserialize_action")]
     pub action: Action,
+}
+
+/// Reads an [`Action`], also rejecting parameters given to actions that take none (serde
+/// ignores extra keys next to the tag of a unit variant).
+fn deserialize_action<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Action, D::Error> {
+    use serde::de::Error as _;
+    let value = toml::Value::deserialize(deserializer)?;
+    if let toml::Value::Table(table) = &value {
+        let kind = table.get("kind").and_then(toml::Value::as_str);
+        let unit = [
+            Action::ChooseRecoveryPoint,
+            Action::StopReplication,
+            Action::FinalizeReplication,
+            Action::CreateVm,
+            Action::ApplyNetwork,
+            Action::PowerOn,
+            Action::WaitHeartbeat,
+            Action::PowerOff,
+            Action::DeleteVm,
+        ];
+        if let Some(kind) = kind.filter(|k| unit.iter().any(|a| a.kind() == *k)) {
+            if let Some(extra) = table.keys().find(|k| *k != "kind") {
+                return Err(D::Error::custom(format!(
+                    "unknown field `{extra}`: action `{kind}` takes no parameters"
+                )));
+            }
+        }
+    }
+    value
+        .try_into()
+        .map_err(|e: toml::de::Error| D::Error::custom(e.message()))
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -65,7 +65,7 @@ fn keys_identify_plan_step_vm_and_mode() {
     assert!(g
         .steps
         .iter()
-        .any(|s| s.key == "shop-three-tier:failover:db.power-on:vcenter-prod/db-01"));
+        .any(|s| s.key == "shop-three-tier:failover:db/power-on:vcenter-prod/db-01"));
     assert!(g
         .steps
         .iter()

@@ -93,3 +93,15 @@ fn example_diff_is_golden() {
     check_golden("three-tier.diff.txt", &d.to_string());
     assert!(haven_plan::diff(&old, &old).is_empty());
 }
+
+#[test]
+fn json_form_for_the_api_round_trips() {
+    let plan = Plan::from_toml(&example()).unwrap();
+    let json = serde_json::to_string(&plan).unwrap();
+    let back: Plan = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, plan);
+    assert_eq!(back.digest(), plan.digest());
+    let graph = plan.compile(Mode::Test, &resolved()).unwrap();
+    let json = serde_json::to_string(&graph).unwrap();
+    assert_eq!(serde_json::from_str::<haven_plan::ExecutionGraph>(&json).unwrap(), graph);
+}

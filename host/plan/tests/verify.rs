@@ -455,6 +455,19 @@ action = { kind = "power-on" }
     assert!(e.starts_with("groups.0.gates.0"), "{e}");
     let e = parse_err("name = \"P\"\nrto_typo = \"5m\"\n");
     assert!(e.contains("rto_typo"), "{e}");
+    let e = parse_err(
+        "name = \"P\"\n[[pre_steps]]\nname = \"S\"\naction = { kind = \"power-on\", vm = \"x\" }\n",
+    );
+    assert!(
+        e.starts_with(
+            "pre_steps.0.action: unknown field `vm`: action `power-on` takes no parameters"
+        ),
+        "{e}"
+    );
+    let e = parse_err(
+        "name = \"P\"\n[[pre_steps]]\nname = \"S\"\naction = { kind = \"probe\", check = { type = \"heartbeat\", timeout = \"5 m\" } }\n",
+    );
+    assert!(e.starts_with("pre_steps.0.action: bad duration"), "{e}");
     let e =
         parse_err("name = \"P\"\n[[pre_steps]]\nname = \"S\"\naction = { kind = \"reboot\" }\n");
     assert!(e.starts_with("pre_steps.0.action"), "{e}");

@@ -273,7 +273,7 @@ async fn timed_read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Msg> {
 
 enum WriterCmd {
     Apply {
-        ops: Vec<BlockOp>,
+        batch: Received,
         groups: Vec<(u64, Digest)>,
         stats: TargetStats,
         next_group: u64,
@@ -302,22 +302,23 @@ fn writer_loop(
         };
         match cmd {
             WriterCmd::Apply {
-                mut ops,
+                batch,
                 mut groups,
                 mut stats,
                 next_group,
             } => {
+                let mut ops = batch.into_ops()?;
                 next = next_group;
                 // Merge batches already queued: one journal fsync covers them all.
                 while ops.len() < MERGE_OPS {
                     match rx.try_recv() {
                         Ok(WriterCmd::Apply {
-                            ops: more,
+                            batch,
                             groups: more_groups,
                             stats: s,
                             next_group,
                         }) => {
-                            ops.extend(more);
+                            ops.extend(batch.into_ops()?);
                             groups.extend(more_groups);
                             stats.unchanged_bytes += s.unchanged_bytes;
                             stats.zero_bytes += s.zero_bytes;
@@ -352,6 +353,43 @@ fn writer_loop(
 enum Plan {
     Ready(OpKind),
     Need,
+}
+
+/// A planned batch with the data received for it, not yet verified.
+struct Received {
+    plan: Vec<(u64, Digest, Plan)>,
+    chunks: Vec<wire::Chunk>,
+    needed: Vec<(u64, Digest)>,
+}
+
+impl Received {
+    /// Decodes and verifies the received blocks and turns the plan into block updates.
+    fn into_ops(self) -> Result<Vec<BlockOp>> {
+        let blocks = if self.needed.is_empty() {
+            Vec::new()
+        } else {
+            decode_verify(self.chunks, &self.needed)?
+        };
+        let mut it = blocks.into_iter();
+        let mut ops = Vec::with_capacity(self.plan.len());
+        for (block, digest, p) in self.plan {
+            let kind = match p {
+                Plan::Ready(k) => k,
+                Plan::Need => {
+                    let (buf, at) = it
+                        .next()
+                        .ok_or_else(|| TransportError::Protocol("missing block".into()))?;
+                    OpKind::Data { buf, at }
+                }
+            };
+            ops.push(BlockOp {
+                block,
+                digest,
+                kind,
+            });
+        }
+        Ok(ops)
+    }
 }
 
 struct Session<'a> {
@@ -593,7 +631,8 @@ async fn session<R: AsyncRead + Unpin>(
                     let _ = out.send(Msg::NeedGroups(bits));
                     next_group = end;
                     if need.is_empty() {
-                        send_cmd(&cmd_tx, WriterCmd::Apply { ops: Vec::new(), groups: Vec::new(), stats, next_group }).await?;
+                        let batch = Received { plan: Vec::new(), chunks: Vec::new(), needed: Vec::new() };
+                        send_cmd(&cmd_tx, WriterCmd::Apply { batch, groups: Vec::new(), stats, next_group }).await?;
                         continue;
                     }
                     let bd = match timed_read(rd).await? {
@@ -608,29 +647,19 @@ async fn session<R: AsyncRead + Unpin>(
                         .collect();
                     let bits = need_bitmap(&need, bd.len(), &needed);
                     let _ = out.send(Msg::NeedBlocks(bits));
-                    let mut blocks: Vec<(Arc<Vec<u8>>, usize)> = Vec::new();
+                    let mut chunks = Vec::new();
                     if !needed.is_empty() {
-                        let chunks = match timed_read(rd).await? {
+                        chunks = match timed_read(rd).await? {
                             Msg::Data(c) => c,
                             m => return Err(TransportError::Protocol(format!("expected Data, got {}", m.name()))),
                         };
-                        blocks = tokio::task::block_in_place(|| decode_verify(chunks, &needed))?;
                         stats.received_bytes += (needed.len() * BLOCK_SIZE) as u64;
                     }
-                    let mut it = blocks.into_iter();
-                    let mut ops = Vec::with_capacity(plan.len());
-                    for (block, digest, p) in plan {
-                        let kind = match p {
-                            Plan::Ready(k) => k,
-                            Plan::Need => {
-                                let (buf, at) = it.next().ok_or_else(|| TransportError::Protocol("missing block".into()))?;
-                                OpKind::Data { buf, at }
-                            }
-                        };
-                        ops.push(BlockOp { block, digest, kind });
-                    }
+                    // Decoding and verification happen in the writer thread, so this
+                    // loop already answers the next batch (the two overlap).
                     let groups = need.iter().map(|&g| (g, gd[(g - first) as usize])).collect();
-                    send_cmd(&cmd_tx, WriterCmd::Apply { ops, groups, stats, next_group }).await?;
+                    let batch = Received { plan, chunks, needed };
+                    send_cmd(&cmd_tx, WriterCmd::Apply { batch, groups, stats, next_group }).await?;
                 }
                 Msg::Finish(f) => {
                     if f.size != size {
