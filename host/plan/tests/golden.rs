@@ -105,3 +105,19 @@ fn json_form_for_the_api_round_trips() {
     let json = serde_json::to_string(&graph).unwrap();
     assert_eq!(serde_json::from_str::<haven_plan::ExecutionGraph>(&json).unwrap(), graph);
 }
+
+#[test]
+fn readme_example_parses() {
+    let readme = std::fs::read_to_string(dir().join("README.md")).unwrap();
+    let start = readme.find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let plan = Plan::from_toml(&readme[start..end]).unwrap();
+    let errors: Vec<String> = plan
+        .verify()
+        .iter()
+        .filter(|i| i.is_error())
+        .map(ToString::to_string)
+        .collect();
+    // The snippet shows one group; its dependency on "db" is the only error.
+    assert_eq!(errors, ["error: groups.0.depends_on.0: unknown group \"db\""]);
+}
