@@ -1,6 +1,6 @@
 //! The executor: schedules step attempts, journals every transition, resumes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,6 +208,7 @@ impl<R: StepRunner> Executor<R> {
         let mut stopping = critical_failure(&graph, &states);
         let mut in_flight: BTreeSet<usize> = BTreeSet::new();
         let mut tasks: JoinSet<Attempt> = JoinSet::new();
+        let mut spawned: HashMap<tokio::task::Id, (usize, u32)> = HashMap::new();
 
         loop {
             if stopping {
@@ -283,37 +284,55 @@ impl<R: StepRunner> Executor<R> {
                         attempt,
                     },
                 );
-                tasks.spawn(async move {
-                    tokio::time::sleep(backoff).await;
-                    let step = &graph.steps[i];
-                    let deadline = step.timeout.map_or(DEFAULT_STEP_TIMEOUT, |t| t.to_std());
-                    let result = match tokio::time::timeout(
-                        deadline,
-                        runner.run(&graph, step, &ctx),
-                    )
-                    .await
-                    {
-                        Ok(result) => result,
-                        Err(_) => Err(StepFailure::retryable(format!(
-                            "timed out after {deadline:?}"
-                        ))),
-                    };
-                    Attempt {
-                        step: i,
-                        attempt,
-                        result,
-                    }
-                });
+                let handle =
+                    tasks.spawn(async move {
+                        tokio::time::sleep(backoff).await;
+                        let step = &graph.steps[i];
+                        let deadline = step.timeout.map_or(DEFAULT_STEP_TIMEOUT, |t| t.to_std());
+                        let result =
+                            match tokio::time::timeout(deadline, runner.run(&graph, step, &ctx))
+                                .await
+                            {
+                                Ok(result) => result,
+                                Err(_) => Err(StepFailure::retryable(format!(
+                                    "timed out after {deadline:?}"
+                                ))),
+                            };
+                        Attempt {
+                            step: i,
+                            attempt,
+                            result,
+                        }
+                    });
+                spawned.insert(handle.id(), (i, attempt));
             }
 
-            let Some(joined) = tasks.join_next().await else {
+            let Some(joined) = tasks.join_next_with_id().await else {
                 break;
             };
+            // A runner that panics fails its attempt; the executor goes on.
             let Attempt {
                 step: i,
                 attempt,
                 result,
-            } = joined.expect("step tasks do not panic");
+            } = match joined {
+                Ok((id, attempt)) => {
+                    spawned.remove(&id);
+                    attempt
+                }
+                Err(error) => {
+                    let (step, attempt) = spawned
+                        .remove(&error.id())
+                        .expect("every task is registered");
+                    Attempt {
+                        step,
+                        attempt,
+                        result: Err(StepFailure::permanent(format!(
+                            "the step runner crashed: {error}"
+                        ))),
+                    }
+                }
+            };
             in_flight.remove(&i);
             let step = &graph.steps[i];
             match result {

@@ -318,3 +318,52 @@ fn resumes_after_kill_9_without_rerunning_completed_steps() {
     let states = haven_engine::journal::replay(g.steps.len(), &events);
     assert!(states.iter().all(|s| *s == StepState::Succeeded));
 }
+
+/// Panics on the web group's steps.
+struct Panicking;
+
+#[async_trait]
+impl StepRunner for Panicking {
+    async fn run(
+        &self,
+        _g: &ExecutionGraph,
+        step: &StepInstance,
+        _c: &StepContext,
+    ) -> Result<String, StepFailure> {
+        if step.group.as_ref().is_some_and(|g| g.as_str() == "web") && step.vm.is_some() {
+            panic!("runner bug");
+        }
+        Ok(String::new())
+    }
+}
+
+#[test]
+fn a_panicking_runner_fails_its_step_not_the_executor() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = Executor::new(store(&dir), Arc::new(Panicking), Clock::starting_at(0));
+        let outcome = executor.run("panic", &graph(Mode::Failover)).await.unwrap();
+        let outcome = match outcome {
+            ExecutionOutcome::AwaitingApproval { steps } => {
+                executor
+                    .approve("panic", &graph(Mode::Failover), steps[0], "alice")
+                    .unwrap();
+                executor.run("panic", &graph(Mode::Failover)).await.unwrap()
+            }
+            other => other,
+        };
+        assert!(
+            matches!(outcome, ExecutionOutcome::Failed { .. }),
+            "{outcome:?}"
+        );
+        let crashed = executor.events("panic").unwrap().into_iter().any(
+            |e| matches!(e, Event::StepFailed { error, .. } if error.contains("runner crashed")),
+        );
+        assert!(crashed);
+    });
+}

@@ -69,6 +69,11 @@ struct SiteQuery {
     site: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct SnapshotQuery {
+    snapshot: Option<String>,
+}
+
 async fn auth(State(lab): State<Lab>, req: Request, next: Next) -> Response {
     let ok = req
         .headers()
@@ -166,6 +171,21 @@ pub fn router(lab: Lab) -> Router {
             post(
                 |State(lab): State<Lab>, Path((id, snapshot)): Path<(String, String)>| async move {
                     lab.revert_snapshot(&id, &snapshot).await.map(accepted)
+                },
+            ),
+        )
+        .route(
+            "/vms/{id}/disks/{disk}/extents",
+            get(
+                |State(lab): State<Lab>,
+                 Path((id, disk)): Path<(String, String)>,
+                 Query(q): Query<SnapshotQuery>| async move {
+                    tokio::task::spawn_blocking(move || {
+                        lab.disk_extents(&id, &disk, q.snapshot.as_deref())
+                    })
+                    .await
+                    .map_err(|e| LabError::io("mapping extents", std::io::Error::other(e)))?
+                    .map(Json)
                 },
             ),
         )

@@ -81,6 +81,62 @@ pub fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
         .map_err(|e| LabError::io(ctx("sizing", to), e))
 }
 
+/// The allocated (data) regions of a sparse file, as `(offset, length)`;
+/// holes read as zeros and need not be read at all.
+pub fn allocated_extents(path: &Path) -> Result<Vec<(u64, u64)>> {
+    let file =
+        File::open(path).map_err(|e| LabError::io(format!("opening {}", path.display()), e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?
+        .len();
+    data_regions(&file, size).map_err(|e| LabError::io(format!("mapping {}", path.display()), e))
+}
+
+#[cfg(unix)]
+fn data_regions(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    while offset < size {
+        let Ok(at) = libc::off_t::try_from(offset) else {
+            break;
+        };
+        // SAFETY: lseek on a descriptor we own, with plain integers.
+        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENXIO: no data after `offset`; EINVAL: the file system cannot say.
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(out),
+                Some(libc::EINVAL) => Ok(vec![(0, size)]),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (data, hole) = (data as u64, (hole as u64).min(size));
+        if hole > data {
+            out.push((data, hole - data));
+        }
+        offset = hole.max(data + 1);
+    }
+    Ok(out)
+}
+
+#[cfg(not(unix))]
+fn data_regions(_file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    Ok(if size > 0 {
+        vec![(0, size)]
+    } else {
+        Vec::new()
+    })
+}
+
 /// Removes a file; an absent file is not an error.
 pub fn remove(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
@@ -135,6 +191,14 @@ mod tests {
         let b = dir.path().join("sub/b.img");
         sparse_copy(&a, &b).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        // Only the written region is allocated (file systems allocate whole blocks).
+        let extents = allocated_extents(&b).unwrap();
+        assert_eq!(extents.len(), 1, "{extents:?}");
+        let (off, len) = extents[0];
+        assert!(
+            off <= 3 << 20 && off + len >= (3 << 20) + 5 && len <= 1 << 20,
+            "{extents:?}"
+        );
         remove(&b).unwrap();
         remove(&b).unwrap();
     }

@@ -365,6 +365,40 @@ impl Lab {
         Ok(Self::find(&self.lock(), id)?.snapshots.clone())
     }
 
+    /// The allocated regions of a VM disk, now or at a snapshot.
+    pub fn disk_extents(&self, id: &str, disk: &str, snapshot: Option<&str>) -> Result<Extents> {
+        let path = {
+            let st = self.lock();
+            let vm = Self::find(&st, id)?;
+            let d = vm
+                .disks
+                .iter()
+                .find(|d| d.id == disk)
+                .ok_or_else(|| LabError::NotFound(format!("disk {disk} of {id}")))?;
+            match snapshot {
+                None => d.path.clone(),
+                Some(sid) => vm
+                    .snapshots
+                    .iter()
+                    .find(|s| s.id == sid)
+                    .and_then(|s| s.disks.get(disk))
+                    .cloned()
+                    .ok_or_else(|| LabError::NotFound(format!("snapshot {sid} of {id}")))?,
+            }
+        };
+        let path = self.dir().join(path);
+        let size_bytes = std::fs::metadata(&path)
+            .map_err(|e| LabError::io(format!("reading {}", path.display()), e))?
+            .len();
+        Ok(Extents {
+            size_bytes,
+            extents: disk::allocated_extents(&path)?
+                .into_iter()
+                .map(|(offset, length)| Extent { offset, length })
+                .collect(),
+        })
+    }
+
     /// A task, with its percent brought up to date.
     pub fn task(&self, id: &str) -> Result<Task> {
         let st = self.lock();

@@ -271,3 +271,22 @@ pub struct RandomFault {
     #[serde(default)]
     pub op: Option<OpKind>,
 }
+
+/// One byte range of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// Offset in bytes.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+/// Answer of `GET /vms/{id}/disks/{disk}/extents`: the allocated regions of the
+/// image (everything else reads as zeros).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extents {
+    /// Size of the image.
+    pub size_bytes: u64,
+    /// Allocated regions, in order.
+    pub extents: Vec<Extent>,
+}

@@ -392,7 +392,12 @@ fn verify_group_body(g: &Group, path: &str, out: &mut Issues) {
     }
     let mut seen = BTreeSet::new();
     for (j, t) in g.tags.iter().enumerate() {
-        if !seen.insert(t) {
+        if t.key.trim().is_empty() || t.key.contains('=') {
+            out.error(
+                format!("{path}.tags.{j}"),
+                format!("bad tag key {:?}", t.key),
+            );
+        } else if !seen.insert(t) {
             out.warn(
                 format!("{path}.tags.{j}"),
                 format!("tag selector {t} is listed twice"),

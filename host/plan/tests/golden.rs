@@ -103,7 +103,10 @@ fn json_form_for_the_api_round_trips() {
     assert_eq!(back.digest(), plan.digest());
     let graph = plan.compile(Mode::Test, &resolved()).unwrap();
     let json = serde_json::to_string(&graph).unwrap();
-    assert_eq!(serde_json::from_str::<haven_plan::ExecutionGraph>(&json).unwrap(), graph);
+    assert_eq!(
+        serde_json::from_str::<haven_plan::ExecutionGraph>(&json).unwrap(),
+        graph
+    );
 }
 
 #[test]
@@ -119,5 +122,8 @@ fn readme_example_parses() {
         .map(ToString::to_string)
         .collect();
     // The snippet shows one group; its dependency on "db" is the only error.
-    assert_eq!(errors, ["error: groups.0.depends_on.0: unknown group \"db\""]);
+    assert_eq!(
+        errors,
+        ["error: groups.0.depends_on.0: unknown group \"db\""]
+    );
 }

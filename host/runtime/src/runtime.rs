@@ -95,6 +95,7 @@ pub enum InstanceState {
 
 struct Slot {
     name: String,
+    plugin: String,
     resolved: Arc<ResolvedInstance>,
     info: ComponentInfo,
     functions: BTreeMap<String, ComponentExportIndex>,
@@ -192,6 +193,7 @@ impl Runtime {
         std::fs::create_dir_all(&data_dir).map_err(|e| RuntimeError::io(&data_dir, e))?;
         Ok(Slot {
             name: name.to_owned(),
+            plugin: plugin.manifest.id.clone(),
             resolved: Arc::new(resolved),
             functions: exported_functions(&self.engine, &component, &info),
             info,
@@ -210,7 +212,7 @@ impl Runtime {
             .values()
             .map(|s| InstanceSummary {
                 name: s.name.clone(),
-                plugin: self.plugin_of(&s.name),
+                plugin: s.plugin.clone(),
                 state: InstanceState::Ready {
                     info: s.info.clone(),
                     functions: s.functions.keys().cloned().collect(),
@@ -230,13 +232,6 @@ impl Runtime {
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
-    }
-
-    fn plugin_of(&self, instance: &str) -> String {
-        load_instances(&self.home.instances_file())
-            .ok()
-            .and_then(|m| m.get(instance).map(|c| c.plugin.clone()))
-            .unwrap_or_default()
     }
 
     /// How many times the instance was instantiated (a fresh instance after a

@@ -17,6 +17,8 @@
 //! [`client`] (source-side pass), [`gateway`] (gateway selection), [`throttle`]
 //! (bandwidth limit), [`events`] (progress and RPO events), [`cli`] (clap commands).
 
+#![deny(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod digest;

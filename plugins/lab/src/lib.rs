@@ -128,6 +128,21 @@ struct LabHeartbeat {
 }
 
 #[derive(Deserialize)]
+struct LabExtents {
+    extents: Vec<LabExtent>,
+}
+
+#[derive(Deserialize)]
+struct LabExtent {
+    offset: u64,
+    length: u64,
+}
+
+/// The change id `changed-extents` answers: the lab does not track writes, so
+/// every answer lists all allocated regions (a superset of the changes).
+pub const ALLOCATED: &str = "allocated";
+
+#[derive(Deserialize)]
 struct LabImage {
     path: String,
     size_bytes: u64,
@@ -610,6 +625,41 @@ impl DiskAccess for Lab {
             }),
             capacity_bytes: image.size_bytes,
             writable: true,
+        })
+    }
+
+    fn changed_extents(session: String, since: Option<String>) -> Result<Changes> {
+        // Sessions from open-disk: `vm/disk` or `vm/disk@snapshot`.
+        let (vm, rest) = session
+            .split_once('/')
+            .filter(|(vm, _)| *vm != "image")
+            .ok_or_else(|| {
+                error::invalid_input(
+                    "session",
+                    format!("{session:?} is not a session from disk-access.open-disk"),
+                )
+            })?;
+        let (disk, point) = match rest.split_once('@') {
+            Some((d, p)) => (d, Some(id_arg("session", p)?)),
+            None => (rest, None),
+        };
+        let (vm, disk) = (id_arg("session", vm)?, id_arg("session", disk)?);
+        if since.is_some() {
+            host::debug("the lab does not track writes: answering every allocated region");
+        }
+        let query = point.map_or_else(String::new, |p| format!("?snapshot={p}"));
+        let found: LabExtents =
+            send(|e| http::get(&format!("{e}/vms/{vm}/disks/{disk}/extents{query}")))?.json()?;
+        Ok(Changes {
+            extents: found
+                .extents
+                .into_iter()
+                .map(|x| Extent {
+                    offset: x.offset,
+                    length: x.length,
+                })
+                .collect(),
+            change_id: ALLOCATED.into(),
         })
     }
 

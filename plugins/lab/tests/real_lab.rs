@@ -178,6 +178,17 @@ fn recovers_a_vm_from_a_replica_image_end_to_end() {
     assert_eq!(std::fs::read(lab.file(&at_snap.location)).unwrap(), bytes);
     let now = Lab::open_disk(id.clone(), "disk-0".into(), None).unwrap();
     assert_eq!(lab.file(&now.location), image);
+    let changes = Lab::changed_extents(now.session.clone(), None).unwrap();
+    let mapped: u64 = changes.extents.iter().map(|x| x.length).sum();
+    assert_eq!(mapped, 4 << 20, "written zeros are allocated: {changes:?}");
+    assert_eq!(changes.change_id, haven_plugin_lab::ALLOCATED);
+    let at_snap_changes = Lab::changed_extents(at_snap.session.clone(), None).unwrap();
+    let mapped: u64 = at_snap_changes.extents.iter().map(|x| x.length).sum();
+    assert_eq!(mapped, 4 << 20, "{at_snap_changes:?}");
+    assert!(matches!(
+        Lab::changed_extents("image/web-replica".into(), None),
+        Err(Error::InvalidInput(_))
+    ));
     Lab::close_disk(now.session).unwrap();
     assert!(matches!(
         Lab::open_disk(id.clone(), "disk-9".into(), None),
@@ -241,6 +252,12 @@ fn inventory_by_tags_and_typed_faults() {
     .unwrap();
     assert_eq!(found.len(), 10);
     assert!(found.iter().all(|v| v.name.starts_with("app-g02-")));
+    // A fresh sparse disk has nothing allocated: the transport reads nothing.
+    let fresh = Lab::open_disk(ids[1].clone(), "disk-0".into(), None).unwrap();
+    assert_eq!(fresh.capacity_bytes, 1 << 20);
+    let changes = Lab::changed_extents(fresh.session, Some("earlier".into())).unwrap();
+    assert!(changes.extents.is_empty(), "{changes:?}");
+
     // A VM of another site is not this instance's.
     lab.configure("dr");
     assert!(matches!(
