@@ -68,6 +68,7 @@ fn resolved(home: &TestHome, plugin: &str) -> Arc<ResolvedInstance> {
         secrets: Default::default(),
         allow_hosts: vec![],
         limits: Default::default(),
+        tls_ca: None,
     };
     Arc::new(
         ResolvedInstance::resolve(std::path::Path::new("bench"), "bench", &config, &manifest)

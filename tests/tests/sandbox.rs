@@ -267,3 +267,84 @@ async fn secrets_are_per_instance_and_declared_only() {
     let err = plugin_error(&runtime, "h1", "secret:password").await;
     assert_eq!(err["invalid-input"]["field"], "secrets.password", "{err}");
 }
+
+/// An HTTPS server on loopback with a self-signed certificate; returns its
+/// port and the certificate (PEM), which no public root trusts.
+async fn https_server() -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cert_pem = certified.cert.pem();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, cert_pem)
+}
+
+#[tokio::test]
+async fn https_trusts_the_instance_ca_and_only_that_instance() {
+    let (port, cert_pem) = https_server().await;
+    let home = TestHome::new();
+    home.install("tests/fixtures/hostile");
+    let ca = home.home().root().join("lab-ca.pem");
+    std::fs::write(&ca, cert_pem).unwrap();
+    home.configure(&format!(
+        "[instances.trusting]\nplugin = \"hostile\"\nallow_hosts = [\"127.0.0.1\"]\ntls_ca = \"{}\"\n\n\
+         [instances.plain]\nplugin = \"hostile\"\nallow_hosts = [\"127.0.0.1\"]\n",
+        ca.display()
+    ));
+    let runtime = home.runtime();
+    let url = format!("http:https://127.0.0.1:{port}/");
+    assert_eq!(outcome(&runtime, "trusting", &url).await, "HTTP 200");
+    let err = plugin_error(&runtime, "plain", &url).await;
+    assert!(
+        err.to_string().contains("127.0.0.1"),
+        "an unknown issuer must be refused: {err}"
+    );
+
+    // A CA file that is not PEM is a configuration error naming the field.
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let error = match haven_plugin_runtime::Runtime::with_engine(
+        home.engine().clone(),
+        home.home(),
+        None,
+    ) {
+        Ok(runtime) => runtime
+            .call("trusting", "inventory.get-vm", &json!(["ok"]))
+            .await
+            .unwrap_err()
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("instances.trusting.tls_ca"), "{error}");
+}

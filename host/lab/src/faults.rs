@@ -101,7 +101,7 @@ impl Faults {
             }
             return Some(ApiError::new(
                 &code,
-                format!("injected fault: {kind:?} on {vm} fails"),
+                format!("injected fault: {} on {vm} fails", kind.name()),
             ));
         }
         let random = self.random.as_mut()?;
@@ -112,7 +112,7 @@ impl Faults {
         (draw < random.rate).then(|| {
             ApiError::new(
                 "injected",
-                format!("injected random fault: {kind:?} on {vm} fails"),
+                format!("injected random fault: {} on {vm} fails", kind.name()),
             )
         })
     }

@@ -561,6 +561,12 @@ impl Lab {
                     req.site, req.name, other.id
                 )));
             }
+            if site.hosts.is_empty() {
+                return Err(LabError::Unavailable(format!(
+                    "site {} has no hosts",
+                    site.name
+                )));
+            }
             let number = st.last_vm + 1;
             let host = match &req.host {
                 Some(h) if site.hosts.iter().any(|x| &x.name == h) => h.clone(),
@@ -1201,6 +1207,12 @@ impl Lab {
                 .ok_or_else(|| {
                     LabError::invalid("site", format!("{:?} is not a site", req.site))
                 })?;
+            if site.hosts.is_empty() {
+                return Err(LabError::Unavailable(format!(
+                    "site {} has no hosts",
+                    site.name
+                )));
+            }
             let names: Vec<(u32, String)> = (0..req.count)
                 .map(|i| {
                     let g =
@@ -1273,7 +1285,7 @@ impl Lab {
             let paths: Vec<PathBuf> = ids
                 .iter()
                 .filter_map(|id| st.vms.get(&id_number(id, "vm")?))
-                .map(|vm| self.dir().join(&vm.disks[0].path))
+                .flat_map(|vm| vm.disks.iter().map(|d| self.dir().join(&d.path)))
                 .collect();
             let created = std::thread::scope(|scope| {
                 let workers: Vec<_> = paths
@@ -1298,8 +1310,10 @@ impl Lab {
             if let Err(e) = created {
                 for id in &ids {
                     if let Some(vm) = id_number(id, "vm").and_then(|n| st.vms.remove(&n)) {
-                        // Best effort: the files that were created.
-                        let _ = disk::remove(&self.dir().join(&vm.disks[0].path));
+                        for d in &vm.disks {
+                            // Best effort: remove the files that were created.
+                            let _ = disk::remove(&self.dir().join(&d.path));
+                        }
                     }
                 }
                 return Err(e);

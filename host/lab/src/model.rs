@@ -214,6 +214,22 @@ pub enum OpKind {
     SnapshotDelete,
 }
 
+impl OpKind {
+    /// The kind's name in the API (`power-on`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::CreateVm => "create-vm",
+            OpKind::PowerOn => "power-on",
+            OpKind::PowerOff => "power-off",
+            OpKind::ReconfigureNics => "reconfigure-nics",
+            OpKind::DeleteVm => "delete-vm",
+            OpKind::SnapshotCreate => "snapshot-create",
+            OpKind::SnapshotRevert => "snapshot-revert",
+            OpKind::SnapshotDelete => "snapshot-delete",
+        }
+    }
+}
+
 /// The pending effect of a running task, applied when it completes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]

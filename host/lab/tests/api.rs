@@ -580,3 +580,40 @@ async fn a_thousand_power_ons_at_once() {
         .all(|v| v.heartbeat == haven_lab::model::Heartbeat::Ok));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_a_typed_error_and_patch_changes_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(haven_lab::STATE_FILE), b"{not json").unwrap();
+    let err = Lab::open(LabConfig::new(dir.path(), TOKEN))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, haven_lab::LabError::State { .. }), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_lab, app) = lab(dir.path(), |_| {}).await;
+    let id = create(&app, "tune").await;
+    let (status, vm) = call(
+        &app,
+        "PATCH",
+        &format!("/vms/{id}"),
+        Some(json!({"boot_delay_ms": 0, "tags": ["tier=db"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    assert_eq!(vm["boot_delay_ms"], 0);
+    assert_eq!(vm["tags"], json!(["tier=db"]));
+    run(&app, "POST", &format!("/vms/{id}/power-on"), None).await;
+    let (_, hb) = call(&app, "GET", &format!("/vms/{id}/heartbeat"), None).await;
+    assert_eq!(hb["heartbeat"], "ok");
+    let (status, err) = call(
+        &app,
+        "PATCH",
+        &format!("/vms/{id}"),
+        Some(json!({"tags": [""]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["error"]["field"], "tags.0");
+}

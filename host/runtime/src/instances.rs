@@ -10,6 +10,7 @@
 //! password = { env = "VC_PROD_PASSWORD" }   # or { file = "/run/secrets/vc" }, { value = "..." }
 //! [instances.vc-prod.limits]
 //! call_timeout_ms = 60000
+//! # tls_ca = "/etc/haven/vc-prod-ca.pem"   (under [instances.vc-prod]: a private CA to trust)
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,6 +65,10 @@ pub struct InstanceConfig {
     /// Overrides of the manifest's limits.
     #[serde(default)]
     pub limits: LimitsOverride,
+    /// PEM file of certificate authorities to trust for this instance's HTTPS,
+    /// besides the public roots (private CAs, self-signed vCenter certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -128,6 +133,8 @@ pub struct ResolvedInstance {
     pub granted_hosts: Vec<HostPattern>,
     /// Effective limits.
     pub limits: Limits,
+    /// TLS configuration with the instance's own CAs, when it has some.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ResolvedInstance {
@@ -188,6 +195,14 @@ impl ResolvedInstance {
         limits.call_timeout_ms = o.call_timeout_ms.unwrap_or(limits.call_timeout_ms);
         limits.max_result_bytes = o.max_result_bytes.unwrap_or(limits.max_result_bytes);
         limits.validate(file, &field("limits."))?;
+        let tls = config
+            .tls_ca
+            .as_deref()
+            .map(|ca| {
+                crate::tls::client_config(ca)
+                    .map_err(|m| RuntimeError::config(file, field("tls_ca"), m))
+            })
+            .transpose()?;
         Ok(Self {
             name: name.to_owned(),
             settings: config.settings.clone(),
@@ -196,6 +211,7 @@ impl ResolvedInstance {
             requested_hosts: parse_all(&manifest.hosts, "hosts")?,
             granted_hosts: parse_all(&config.allow_hosts, &field("allow_hosts"))?,
             limits,
+            tls,
         })
     }
 

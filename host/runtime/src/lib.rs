@@ -14,7 +14,8 @@
 //! - [`capabilities`]: which exported interfaces a component has;
 //! - [`instances`]: `instances.toml`, secrets, limits;
 //! - [`sandbox`]: a store's host state and linker; `host_api`: `haven:host`;
-//! - [`kv`]: the per-instance durable key-value store;
+//! - [`kv`]: the per-instance durable key-value store; `tls`: HTTPS with an
+//!   instance's own CAs;
 //! - [`runtime`]: instances and calls (JSON in, JSON out);
 //! - `connector`: [`PluginConnector`], the typed `haven_connector::Connector`
 //!   the plan engine and the transport use.
@@ -32,6 +33,7 @@ pub mod manifest;
 pub mod package;
 pub mod runtime;
 pub mod sandbox;
+mod tls;
 
 pub use capabilities::{Capability, ComponentInfo};
 pub use connector::PluginConnector;

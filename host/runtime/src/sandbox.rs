@@ -179,6 +179,9 @@ impl WasiHttpHooks for HttpPolicy {
         options.connect_timeout = clamp(options.connect_timeout);
         options.first_byte_timeout = clamp(options.first_byte_timeout);
         options.between_bytes_timeout = clamp(options.between_bytes_timeout);
+        if let (true, Some(config)) = (https, self.instance.tls.clone()) {
+            return Box::new(crate::tls::send(request, options, config));
+        }
         Box::new(async move {
             use http_body_util::BodyExt;
             let (response, io) =
