@@ -1,6 +1,7 @@
 //! Holding a connector's configuration between calls, and reading settings.
 
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
 use crate::error::invalid_input;
 use crate::types::Setting;
@@ -9,34 +10,44 @@ use crate::Result;
 /// A slot for the state built by `configure` (endpoint, parsed settings, a
 /// session), shared by every later call of the same instance.
 ///
+/// The slot is per thread: a component instance has one thread, and in the
+/// native test harness each test runs on its own thread, so tests that
+/// configure different servers do not see each other's configuration.
+///
 /// ```ignore
 /// static STATE: Configured<State> = Configured::new();
 /// fn configure(settings: Vec<Setting>) -> Result<()> { STATE.set(State::from(settings)?); Ok(()) }
 /// fn list_vms() -> Result<Vec<Vm>> { let state = STATE.get()?; ... }
 /// ```
 pub struct Configured<T> {
-    slot: Mutex<Option<Arc<T>>>,
+    slots: Mutex<Vec<(ThreadId, Arc<T>)>>,
 }
 
 impl<T> Configured<T> {
     /// An empty slot, for a `static`.
     pub const fn new() -> Self {
         Self {
-            slot: Mutex::new(None),
+            slots: Mutex::new(Vec::new()),
         }
     }
 
     /// Replaces the configuration.
     pub fn set(&self, value: T) {
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(value));
+        let me = std::thread::current().id();
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|(id, _)| *id != me);
+        slots.push((me, Arc::new(value)));
     }
 
     /// The configuration, or an error if `configure` has not succeeded yet.
     pub fn get(&self) -> Result<Arc<T>> {
-        self.slot
+        let me = std::thread::current().id();
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .iter()
+            .find(|(id, _)| *id == me)
+            .map(|(_, value)| value.clone())
             .ok_or_else(|| crate::error::other("the connector is not configured"))
     }
 }
@@ -88,5 +99,38 @@ impl Settings {
                 .parse()
                 .map_err(|e| invalid_input(key, format!("cannot parse {v:?}: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_is_per_thread() {
+        static SLOT: Configured<u32> = Configured::new();
+        assert!(SLOT.get().is_err());
+        SLOT.set(1);
+        std::thread::spawn(|| {
+            assert!(SLOT.get().is_err(), "another thread has no configuration");
+            SLOT.set(2);
+            assert_eq!(*SLOT.get().unwrap(), 2);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(*SLOT.get().unwrap(), 1);
+        SLOT.set(3);
+        assert_eq!(*SLOT.get().unwrap(), 3);
+    }
+
+    #[test]
+    fn settings_errors_name_the_setting() {
+        let settings = Settings::from(vec![Setting {
+            key: "port".into(),
+            value: "http".into(),
+        }]);
+        assert!(matches!(settings.required("endpoint"), Err(crate::Error::InvalidInput(i)) if i.field == "endpoint"));
+        assert!(matches!(settings.parse_or("port", 443u16), Err(crate::Error::InvalidInput(i)) if i.field == "port"));
+        assert_eq!(settings.parse_or("timeout", 30u32).unwrap(), 30);
     }
 }

@@ -492,7 +492,10 @@ mod tests {
             body: br#"<returnval><key>52a1</key><userName>root</userName></returnval>"#.to_vec(),
         };
         let session: Session = xml.xml().unwrap();
-        assert_eq!((session.key.as_str(), session.user.as_str()), ("52a1", "root"));
+        assert_eq!(
+            (session.key.as_str(), session.user.as_str()),
+            ("52a1", "root")
+        );
         let json = Response {
             status: 200,
             headers: vec![("Content-Type".into(), "application/json".into())],

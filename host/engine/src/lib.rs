@@ -15,6 +15,9 @@
 //!   (cleanup steps still run); approval steps pause the execution until an
 //!   operator approves ([`Executor::approve`]).
 //!
+//! [`report`] turns a journal into an execution report (JSON, printable HTML)
+//! and a tamper-evident evidence pack.
+//!
 //! What a step *does* is a [`StepRunner`]'s job: the connector-backed runner
 //! drives real systems; [`simulate::SimulatedRunner`] injects seeded faults
 //! for dry runs and tests.
@@ -22,6 +25,7 @@
 pub mod cli;
 pub mod executor;
 pub mod journal;
+pub mod report;
 pub mod runner;
 pub mod simulate;
 

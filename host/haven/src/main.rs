@@ -35,6 +35,9 @@ enum Command {
     /// Check, format, diff, compile and simulate recovery plans (plans as code).
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// Run the lab site simulator: simulated sites whose VMs have real disk
+    /// images, driven by the lab connector (the embedded default vendor).
+    Lab(haven_lab::cli::LabArgs),
     /// Run the replication target service (the DR site's end of the block transport).
     Target(haven_transport::cli::TargetArgs),
     /// Replicate a disk image or NBD export to a target, as a new recovery point.
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
                     .and_then(|r| r)
             }
+            Command::Lab(args) => haven_lab::cli::run_lab(args).await,
             Command::Target(args) => haven_transport::cli::run_target(args).await,
             Command::Replicate(args) => haven_transport::cli::run_replicate(args).await,
             Command::Replica(args) => haven_transport::cli::run_replica(args).await,

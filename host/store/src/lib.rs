@@ -24,4 +24,4 @@ mod store;
 
 pub use command::{Applied, Command, Outcome};
 pub use error::StoreError;
-pub use store::{ChainCheck, Store, StreamEntry, Versioned};
+pub use store::{entry_hash, ChainCheck, Store, StreamEntry, Versioned, GENESIS_HASH};

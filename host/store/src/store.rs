@@ -22,7 +22,7 @@ const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("stream_heads")
 
 const APPLIED_INDEX: &str = "applied_index";
 /// The `prev_hash` of a stream's first entry.
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// A document with its version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +68,9 @@ pub enum ChainCheck {
     },
 }
 
-fn entry_hash(prev_hash: &str, seq: u64, at_ms: u64, entry_json: &str) -> String {
+/// The hash of a stream entry: SHA-256 over the previous entry's hash, the
+/// sequence number, the time and the entry's JSON text (hex).
+pub fn entry_hash(prev_hash: &str, seq: u64, at_ms: u64, entry_json: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
     hasher.update(format!("\n{seq}\n{at_ms}\n").as_bytes());
@@ -113,7 +115,7 @@ fn decode_head(bytes: &[u8]) -> (u64, String) {
             u64::from_le_bytes(*seq),
             String::from_utf8_lossy(hash).into_owned(),
         ),
-        None => (0, GENESIS.to_owned()),
+        None => (0, GENESIS_HASH.to_owned()),
     }
 }
 
@@ -248,7 +250,7 @@ impl Store {
                     } => {
                         let (last_seq, prev_hash) = heads
                             .get(stream.as_str())?
-                            .map_or((0, GENESIS.to_owned()), |v| decode_head(v.value()));
+                            .map_or((0, GENESIS_HASH.to_owned()), |v| decode_head(v.value()));
                         let seq = last_seq + 1;
                         let json =
                             serde_json::to_string(entry).expect("JSON values always serialize");
@@ -351,7 +353,7 @@ impl Store {
 
     /// Re-checks a stream's hash chain from its first entry.
     pub fn verify_stream(&self, stream: &str) -> Result<ChainCheck, StoreError> {
-        let mut prev = GENESIS.to_owned();
+        let mut prev = GENESIS_HASH.to_owned();
         let mut expected_seq = 1;
         for entry in self.stream(stream, 0)? {
             let broken = |reason: &str| ChainCheck::Broken {

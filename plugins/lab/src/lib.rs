@@ -678,14 +678,6 @@ mod tests {
     //! against the real lab server.
     use super::*;
     use haven_plugin_sdk::harness::{settings, FakeServer, Reply, TestHost};
-    use std::sync::{Mutex, MutexGuard};
-
-    /// The SDK keeps the configuration in a process-wide static (`Configured`),
-    /// so tests that configure different servers must not overlap.
-    fn serial() -> MutexGuard<'static, ()> {
-        static LOCK: Mutex<()> = Mutex::new(());
-        LOCK.lock().unwrap_or_else(|p| p.into_inner())
-    }
 
     fn configure(server: &FakeServer) {
         Lab::configure(settings(&[("endpoint", &server.url()), ("site", "dr")])).unwrap();
@@ -693,7 +685,6 @@ mod tests {
 
     #[test]
     fn lab_errors_become_typed_errors() {
-        let _serial = serial();
         let server = FakeServer::start();
         server.route("POST", "/vms", |_| {
             Reply::json(
@@ -779,7 +770,6 @@ mod tests {
 
     #[test]
     fn settings_and_descriptors_are_checked() {
-        let _serial = serial();
         let server = FakeServer::start();
         TestHost::install().secret("token", "t");
         assert!(matches!(

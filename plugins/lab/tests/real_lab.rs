@@ -17,13 +17,6 @@ struct Running {
     rt: tokio::runtime::Runtime,
 }
 
-/// The SDK keeps the configuration in a process-wide static (`Configured`),
-/// so tests that configure different labs must not overlap.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn start() -> Running {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -83,7 +76,6 @@ fn succeeded(status: JobStatus) -> Option<String> {
 
 #[test]
 fn recovers_a_vm_from_a_replica_image_end_to_end() {
-    let _serial = serial();
     let lab = start();
     TestHost::install().secret("token", "s3cret");
     lab.configure("dr");
@@ -217,7 +209,6 @@ fn recovers_a_vm_from_a_replica_image_end_to_end() {
 
 #[test]
 fn inventory_by_tags_and_typed_faults() {
-    let _serial = serial();
     let lab = start();
     let ids = lab.rt.block_on(async {
         lab.lab
