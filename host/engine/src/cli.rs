@@ -46,6 +46,10 @@ pub struct SimulateArgs {
     /// Typical duration of a step, in seconds.
     #[arg(long, default_value_t = 5)]
     pub step_seconds: u64,
+    /// Write the execution report (report.json, report.html) and the evidence
+    /// pack (evidence.json) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }
 
 fn probability(text: &str) -> Result<f64, String> {
@@ -155,6 +159,10 @@ pub fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         };
         println!("{at}  {line}");
     }
+    if let Some(dir) = &args.report {
+        write_reports(dir, &store, &graph, plan.rto.map(|r| r.as_millis()))?;
+        println!("reports written to {}", dir.display());
+    }
     let predicted = Duration::from_millis(last_ms);
     if let ExecutionOutcome::Failed { failed } = outcome {
         bail!(
@@ -171,6 +179,25 @@ pub fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         None => println!("predicted RTO {} (no target set)", human(predicted)),
     }
     Ok(())
+}
+
+/// Writes report.json, report.html and evidence.json for the simulation.
+fn write_reports(
+    dir: &std::path::Path,
+    store: &Store,
+    graph: &haven_plan::ExecutionGraph,
+    rto_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let report = crate::report::execution_report(store, "simulation", graph, rto_ms)?;
+    let evidence = crate::report::EvidencePack::collect(store, "simulation", graph)?;
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("report.json", serde_json::to_string_pretty(&report)?)?;
+    write("report.html", crate::report::to_html(&report))?;
+    write("evidence.json", serde_json::to_string_pretty(&evidence)?)
 }
 
 fn human(d: Duration) -> String {

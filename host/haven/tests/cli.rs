@@ -169,8 +169,14 @@ fn plan_commands_validate_and_simulate_deterministically() {
     );
     assert_eq!(stdout(&a), stdout(&b), "same seed, same timeline");
     assert_ne!(stdout(&a), stdout(&c), "another seed, other faults");
-    let clean = simulate(&[]);
+    let reports = home.join("reports");
+    let clean = simulate(&["--report", reports.to_str().unwrap()]);
     assert!(clean.status.success(), "{clean:?}");
+    let pack: haven_engine::report::EvidencePack =
+        serde_json::from_slice(&std::fs::read(reports.join("evidence.json")).unwrap()).unwrap();
+    pack.verify().unwrap();
+    let html = std::fs::read_to_string(reports.join("report.html")).unwrap();
+    assert!(html.contains("Measured RTO"), "{html}");
     assert!(
         stdout(&clean).contains("execution succeeded"),
         "{}",
