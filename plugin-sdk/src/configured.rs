@@ -129,8 +129,12 @@ mod tests {
             key: "port".into(),
             value: "http".into(),
         }]);
-        assert!(matches!(settings.required("endpoint"), Err(crate::Error::InvalidInput(i)) if i.field == "endpoint"));
-        assert!(matches!(settings.parse_or("port", 443u16), Err(crate::Error::InvalidInput(i)) if i.field == "port"));
+        assert!(
+            matches!(settings.required("endpoint"), Err(crate::Error::InvalidInput(i)) if i.field == "endpoint")
+        );
+        assert!(
+            matches!(settings.parse_or("port", 443u16), Err(crate::Error::InvalidInput(i)) if i.field == "port")
+        );
         assert_eq!(settings.parse_or("timeout", 30u32).unwrap(), 30);
     }
 }
