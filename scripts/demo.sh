@@ -12,11 +12,15 @@ rm -rf "$demo"
 mkdir -p "$demo"
 export HAVEN_HOME=$demo/home
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-cleanup() { [ -n "${target_pid:-}" ] && kill "$target_pid" 2>/dev/null || true; }
+cleanup() {
+    [ -n "${target_pid:-}" ] && kill "$target_pid" 2>/dev/null || true
+    [ -n "${lab_pid:-}" ] && kill "$lab_pid" 2>/dev/null || true
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 trap cleanup EXIT
 
 step "Package and install the connector plugins (sha256 verified, precompiled, cached)"
-for p in plugins/example tests/fixtures/hostile tests/fixtures/python-plugin; do
+for p in plugins/example plugins/lab tests/fixtures/hostile tests/fixtures/python-plugin; do
     "$haven" plugin package "$p" --out "$demo/packages/$(basename "$p")"
     "$haven" plugin install "$demo/packages/$(basename "$p")"
 done
@@ -39,6 +43,37 @@ echo "-- a plugin stuck in a loop is stopped at its deadline; the host goes on:"
 "$haven" plugin call unruly inventory.get-vm '["loop"]' || true
 "$haven" plugin call unruly inventory.get-vm '["ok"]' | grep '"name"'
 
+step "Start the lab sites (prod, dr) and drive them through the lab connector"
+lab_port=$(free_port)
+"$haven" lab --dir "$demo/lab" --listen "127.0.0.1:$lab_port" --seed-vms 6 --seed-groups 3 \
+    --seed-disk-bytes 67108864 --boot-delay-ms 300 &
+lab_pid=$!
+for _ in $(seq 100); do [ -f "$demo/lab/token" ] && break; sleep 0.1; done
+sleep 0.3
+for site in prod dr; do
+cat >> "$HAVEN_HOME/instances.toml" <<TOML
+
+[instances.lab-$site]
+plugin = "lab"
+allow_hosts = ["127.0.0.1"]
+[instances.lab-$site.settings]
+endpoint = "http://127.0.0.1:$lab_port"
+site = "$site"
+[instances.lab-$site.secrets]
+token = { file = "$demo/lab/token" }
+TOML
+done
+"$haven" plugin call lab-prod connector.check
+"$haven" plugin call lab-prod inventory.list-vms | python3 -c 'import json,sys; vms=json.load(sys.stdin)["ok"]; print(len(vms), "VMs at prod:", ", ".join(v["name"] for v in vms))'
+
+step "Rehearse a recovery plan: seeded dry runs, report and evidence pack"
+"$haven" plan validate host/plan/examples/three-tier.toml
+"$haven" plan simulate host/plan/examples/three-tier.toml --mode test --seed 7 \
+    --report "$demo/reports" | tail -4
+echo "report: $demo/reports/report.html; evidence pack: $demo/reports/evidence.json"
+echo "-- the same drill when the production site is lost: dependents are skipped, cleanup still runs:"
+"$haven" plan simulate host/plan/examples/three-tier.toml --mode test --seed 7 --lose vcenter-prod | tail -3 || true
+
 step "Replicate a VM disk to the DR site over TLS, as recovery points"
 disk=$demo/web-01.raw
 python3 - "$disk" <<'PY'
@@ -57,7 +92,7 @@ with open(sys.argv[1], "wb") as f:
         f.write(data); left -= len(data)
         if left <= 0: break
 PY
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 "$haven" target --listen "127.0.0.1:$port" --repo "$demo/dr-site" --self-signed --keep-points 10 &
 target_pid=$!
 for _ in $(seq 100); do [ -f "$demo/dr-site/target-cert.pem" ] && break; sleep 0.1; done

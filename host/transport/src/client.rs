@@ -27,6 +27,9 @@ use crate::wire::{
     Purpose, TargetStats, BATCH_GROUPS, MAX_CHUNK, PROTOCOL_VERSION,
 };
 
+pub(crate) static T_RX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub(crate) static T_BD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub(crate) static T_NB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// What to replicate, where, and how.
 #[derive(Debug, Clone)]
 pub struct ReplicateOptions {
@@ -359,7 +362,9 @@ async fn run_session(
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let mut done = 0u64;
+    let mut tw = Instant::now();
     while let Some(batch) = rx.recv().await {
+        T_RX.fetch_add(tw.elapsed().as_micros() as u64, Ordering::Relaxed);
         let batch = batch?;
         report.read_bytes += batch.data.len() as u64;
         done += batch.data.len() as u64;
@@ -386,6 +391,7 @@ async fn run_session(
         if !groups.is_empty() {
             // Block digests only for the groups that changed (16 each, zero-padded).
             let data = &batch.data;
+            let t0 = Instant::now();
             let digests: Vec<Digest> = tokio::task::block_in_place(|| {
                 groups
                     .par_iter()
@@ -398,6 +404,8 @@ async fn run_session(
                     })
                     .collect()
             });
+            T_BD.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+            let t1 = Instant::now();
             write_msg(&mut wr, &Msg::Blocks(digests)).await?;
             let bbits = match reply(&mut rd, &mut acked).await? {
                 Msg::NeedBlocks(b) => b,
@@ -408,6 +416,7 @@ async fn run_session(
                     )))
                 }
             };
+            T_NB.fetch_add(t1.elapsed().as_micros() as u64, Ordering::Relaxed);
             let needed: Vec<usize> = (0..groups.len() * GROUP_BLOCKS)
                 .filter(|&i| bit(&bbits, i))
                 .map(|i| groups[i / GROUP_BLOCKS] * GROUP_BLOCKS + i % GROUP_BLOCKS)
@@ -424,6 +433,7 @@ async fn run_session(
             }
         }
         let _ = recycle_tx.send(batch.data);
+        tw = Instant::now();
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -450,6 +460,7 @@ async fn run_session(
             when: "during the pass",
         });
     }
+    let tf = Instant::now();
     write_msg(&mut wr, &Msg::Finish(Finish { size })).await?;
     let committed = match reply(&mut rd, &mut acked).await? {
         Msg::Committed(c) => c,
@@ -461,6 +472,7 @@ async fn run_session(
         }
     };
     let _ = wr.shutdown().await;
+    eprintln!("CLIENT: wait-batch {}ms blockdigest {}ms needblocks-rtt {}ms finish {}ms", T_RX.swap(0,Ordering::Relaxed)/1000, T_BD.swap(0,Ordering::Relaxed)/1000, T_NB.swap(0,Ordering::Relaxed)/1000, tf.elapsed().as_millis());
     tracing::debug!(acked, "session done");
     Ok(committed)
 }

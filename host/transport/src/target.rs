@@ -307,7 +307,9 @@ fn writer_loop(
                 mut stats,
                 next_group,
             } => {
+                let ti = std::time::Instant::now();
                 let mut ops = batch.into_ops()?;
+                crate::repo::store::TT[2].fetch_add(ti.elapsed().as_micros() as u64, Ordering::Relaxed);
                 next = next_group;
                 // Merge batches already queued: one journal fsync covers them all.
                 while ops.len() < MERGE_OPS {
@@ -333,16 +335,28 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
+                let ta = std::time::Instant::now();
                 w.apply(&ops)?;
+                crate::repo::store::TT[3].fetch_add(ta.elapsed().as_micros() as u64, Ordering::Relaxed);
                 w.set_group_digests(&groups);
                 w.add_stats(&stats);
                 if w.wants_checkpoint() {
+                    let tc = std::time::Instant::now();
                     w.checkpoint(next)?;
+                    crate::repo::store::TT[4].fetch_add(tc.elapsed().as_micros() as u64, Ordering::Relaxed);
                     let _ = out.send(Msg::Ack(next));
                 }
             }
             WriterCmd::Progress(g) => next = g,
-            WriterCmd::Commit => return w.commit(&retention).map(Some),
+            WriterCmd::Commit => {
+                let tc = std::time::Instant::now();
+                let r = w.commit(&retention).map(Some);
+                let t = &crate::repo::store::TT;
+                eprintln!("TARGET: plan {}ms (lookup {}ms) decode {}ms apply {}ms (readold {}ms jsync {}ms write {}ms) ckpt {}ms (idx {}ms) commit {}ms",
+                    t[0].swap(0,Ordering::Relaxed)/1000, t[1].swap(0,Ordering::Relaxed)/1000, t[2].swap(0,Ordering::Relaxed)/1000, t[3].swap(0,Ordering::Relaxed)/1000,
+                    t[5].swap(0,Ordering::Relaxed)/1000, t[6].swap(0,Ordering::Relaxed)/1000, t[7].swap(0,Ordering::Relaxed)/1000, t[4].swap(0,Ordering::Relaxed)/1000, t[8].swap(0,Ordering::Relaxed)/1000, tc.elapsed().as_millis());
+                return r;
+            }
         }
     }
     // The session ended without a commit: keep what was applied (resume point).
@@ -464,7 +478,9 @@ impl Session<'_> {
         }
         if !lookups.is_empty() {
             let keys: Vec<Digest> = lookups.iter().map(|&i| plan[i].1).collect();
+            let tl = std::time::Instant::now();
             let hits = self.opts.repo.index()?.lookup(&keys)?;
+            crate::repo::store::TT[1].fetch_add(tl.elapsed().as_micros() as u64, Ordering::Relaxed);
             // Candidates grouped by replica; each group is read with coalesced,
             // parallel reads, then every block is verified against its digest.
             let mut by_replica: HashMap<u32, Vec<(u64, usize)>> = HashMap::new();
@@ -639,7 +655,9 @@ async fn session<R: AsyncRead + Unpin>(
                         Msg::Blocks(bd) if bd.len() == need.len() * GROUP_BLOCKS => bd,
                         m => return Err(TransportError::Protocol(format!("expected {} block digests, got {}", need.len() * GROUP_BLOCKS, m.name()))),
                     };
+                    let tp = std::time::Instant::now();
                     let plan = tokio::task::block_in_place(|| s.plan(&need, &bd, &mut stats))?;
+                    crate::repo::store::TT[0].fetch_add(tp.elapsed().as_micros() as u64, Ordering::Relaxed);
                     let needed: Vec<(u64, Digest)> = plan
                         .iter()
                         .filter(|p| matches!(p.2, Plan::Need))

@@ -14,6 +14,7 @@ use crate::digest::{zero_block, zero_group, Digest, BLOCK_SIZE, GROUP_BLOCKS, GR
 use crate::error::{Result, TransportError};
 use crate::wire::TargetStats;
 
+pub(crate) static TT: [std::sync::atomic::AtomicU64; 9] = [const { std::sync::atomic::AtomicU64::new(0) }; 9];
 /// Write this many bytes between checkpoints (acks to the source).
 pub const CHECKPOINT_BYTES: u64 = 256 << 20;
 /// Smallest write sent with O_DIRECT.
@@ -443,7 +444,9 @@ impl PassWriter {
             .map(|op| op.block)
             .collect();
         old_blocks.sort_unstable();
+        let t0 = std::time::Instant::now();
         let old = read_blocks(&self.image, &old_blocks)?;
+        TT[5].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         for op in ops {
             match old.get(&op.block) {
                 Some((buf, at)) => self
@@ -452,7 +455,10 @@ impl PassWriter {
                 None => self.journal.append(op.block, None),
             }
         }
+        let t0 = std::time::Instant::now();
         self.journal.sync()?;
+        TT[6].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        let t0 = std::time::Instant::now();
         let size = self.size();
         let mut run_len = 0usize;
         let mut run_start = 0u64;
@@ -497,6 +503,7 @@ impl PassWriter {
         if let Some((a, n)) = hole {
             self.punch(a, n, size)?;
         }
+        TT[7].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
         let rid = self.replica_id;
         for op in ops {
             self.set_digest(op.block, op.digest);
@@ -587,7 +594,9 @@ impl PassWriter {
         if !self.pending_index.is_empty() {
             // Sorted keys make the B-tree inserts sequential.
             self.pending_index.sort_unstable_by_key(|e| e.0);
+            let t0 = std::time::Instant::now();
             self.repo.index()?.insert(&self.pending_index, false)?;
+            TT[8].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             self.pending_index.clear();
         }
         self.pass.acked_group = next_group;
