@@ -153,6 +153,21 @@ impl<R: StepRunner> Executor<R> {
         Ok(())
     }
 
+    /// Journals a step that will never run after a critical failure.
+    fn skip_if_pending(
+        &self,
+        execution: &str,
+        step: usize,
+        state: &mut StepState,
+    ) -> Result<(), ExecutorError> {
+        if !state.is_terminal() {
+            let reason = STOPPED.into();
+            self.append(execution, &Event::StepSkipped { step, reason })?;
+            *state = StepState::Skipped;
+        }
+        Ok(())
+    }
+
     /// Records an operator's approval of an approval step.
     pub fn approve(
         &self,
@@ -215,16 +230,8 @@ impl<R: StepRunner> Executor<R> {
                 // Nothing but cleanup starts after a critical failure; what
                 // will never run is settled now, so cleanup can follow it.
                 for step in graph.steps.iter().filter(|s| s.origin != Origin::Cleanup) {
-                    let i = step.index;
-                    if !in_flight.contains(&i) && !states[i].is_terminal() {
-                        self.append(
-                            execution,
-                            &Event::StepSkipped {
-                                step: i,
-                                reason: STOPPED.into(),
-                            },
-                        )?;
-                        states[i] = StepState::Skipped;
+                    if !in_flight.contains(&step.index) {
+                        self.skip_if_pending(execution, step.index, &mut states[step.index])?;
                     }
                 }
             }
@@ -381,16 +388,7 @@ impl<R: StepRunner> Executor<R> {
             return Ok(ExecutionOutcome::AwaitingApproval { steps: awaiting });
         }
         for (i, state) in states.iter_mut().enumerate() {
-            if !state.is_terminal() {
-                self.append(
-                    execution,
-                    &Event::StepSkipped {
-                        step: i,
-                        reason: STOPPED.into(),
-                    },
-                )?;
-                *state = StepState::Skipped;
-            }
+            self.skip_if_pending(execution, i, state)?;
         }
         let outcome = outcome_of(&graph, &states);
         let label = if outcome == ExecutionOutcome::Succeeded {

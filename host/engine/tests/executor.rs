@@ -27,17 +27,22 @@ fn graph(mode: Mode) -> ExecutionGraph {
     plan.compile(mode, &resolved).unwrap()
 }
 
+/// A single-threaded runtime on a paused clock: simulated time, reproducible order.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 fn store(dir: &tempfile::TempDir) -> Arc<Store> {
     Arc::new(Store::open(&dir.path().join("state.redb")).unwrap())
 }
 
 /// Runs a dry run on a paused clock; returns the outcome and the raw journal.
 fn dry_run(mode: Mode, seed: u64, faults: Faults) -> (ExecutionOutcome, Vec<serde_json::Value>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
@@ -126,11 +131,7 @@ fn a_lost_site_fails_the_plan_skips_dependents_and_still_cleans_up() {
 
 #[test]
 fn failover_waits_for_approval_then_resumes() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
@@ -204,11 +205,7 @@ impl StepRunner for Concurrency {
 
 #[test]
 fn group_parallelism_is_respected() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let runner = Arc::new(Concurrency {
@@ -339,11 +336,7 @@ impl StepRunner for Panicking {
 
 #[test]
 fn a_panicking_runner_fails_its_step_not_the_executor() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let rt = paused_runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let executor = Executor::new(store(&dir), Arc::new(Panicking), Clock::starting_at(0));
