@@ -12,9 +12,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::digest::{
-    digest_blocks, digest_groups, zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS, GROUP_SIZE,
-};
+use crate::digest::{digest_batch, zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS, GROUP_SIZE};
 use crate::error::{Result, TransportError};
 use crate::events::{Event, EventSink};
 use crate::gateway;
@@ -24,12 +22,9 @@ use crate::throttle::Throttle;
 use crate::tls::{self, Counters, Trust};
 use crate::wire::{
     bit, read_msg, remote_error, write_msg, Begin, Chunk, Codec, Committed, Finish, Hello, Msg,
-    Purpose, TargetStats, BATCH_GROUPS, MAX_CHUNK, PROTOCOL_VERSION,
+    Purpose, TargetStats, BATCH_GROUPS, FRAME_CHUNKS, MAX_CHUNK, PROTOCOL_VERSION,
 };
 
-pub(crate) static T_RX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub(crate) static T_BD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-pub(crate) static T_NB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// What to replicate, where, and how.
 #[derive(Debug, Clone)]
 pub struct ReplicateOptions {
@@ -125,6 +120,8 @@ impl ReplicationReport {
 struct Batch {
     first: u64,
     data: Vec<u8>,
+    /// Change digest of every block of `data`.
+    blocks: Vec<Digest>,
     groups: Vec<Digest>,
 }
 
@@ -228,11 +225,13 @@ fn spawn_reader(
                     let mut data = recycle.try_recv().unwrap_or_default();
                     data.resize(len, 0);
                     src.read_at(&mut data, off)?;
-                    let groups = digest_groups(&data);
+                    // Every block is hashed once (xxh3); group digests derive from them.
+                    let (blocks, groups) = digest_batch(&data);
                     if tx
                         .blocking_send(Ok(Batch {
                             first: g,
                             data,
+                            blocks,
                             groups,
                         }))
                         .is_err()
@@ -362,9 +361,7 @@ async fn run_session(
     let started = Instant::now();
     let mut last_progress = Instant::now();
     let mut done = 0u64;
-    let mut tw = Instant::now();
     while let Some(batch) = rx.recv().await {
-        T_RX.fetch_add(tw.elapsed().as_micros() as u64, Ordering::Relaxed);
         let batch = batch?;
         report.read_bytes += batch.data.len() as u64;
         done += batch.data.len() as u64;
@@ -389,39 +386,64 @@ async fn run_session(
             .filter(|&i| bit(&gbits, i))
             .collect();
         if !groups.is_empty() {
-            // Block digests only for the groups that changed (16 each, zero-padded).
+            // Block change digests of the groups that changed (16 each, zero-padded).
             let data = &batch.data;
-            let t0 = Instant::now();
-            let digests: Vec<Digest> = tokio::task::block_in_place(|| {
-                groups
-                    .par_iter()
-                    .flat_map_iter(|&g| {
-                        let a = (g * GROUP_SIZE).min(data.len());
-                        let e = (a + GROUP_SIZE).min(data.len());
-                        let mut d = digest_blocks(&data[a..e]);
-                        d.resize(GROUP_BLOCKS, zero_block());
-                        d
-                    })
-                    .collect()
-            });
-            T_BD.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-            let t1 = Instant::now();
+            let nblocks = data.len().div_ceil(BLOCK_SIZE);
+            let mut digests = Vec::with_capacity(groups.len() * GROUP_BLOCKS);
+            for &g in &groups {
+                let a = (g * GROUP_BLOCKS).min(batch.blocks.len());
+                let e = (a + GROUP_BLOCKS).min(batch.blocks.len());
+                digests.extend_from_slice(&batch.blocks[a..e]);
+                digests.resize(digests.len() + GROUP_BLOCKS - (e - a), zero_block());
+            }
             write_msg(&mut wr, &Msg::Blocks(digests)).await?;
-            let bbits = match reply(&mut rd, &mut acked).await? {
-                Msg::NeedBlocks(b) => b,
+            let cbits = match reply(&mut rd, &mut acked).await? {
+                Msg::Changed(b) => b,
                 m => {
                     return Err(TransportError::Protocol(format!(
-                        "expected NeedBlocks, got {}",
+                        "expected Changed, got {}",
                         m.name()
                     )))
                 }
             };
-            T_NB.fetch_add(t1.elapsed().as_micros() as u64, Ordering::Relaxed);
-            let needed: Vec<usize> = (0..groups.len() * GROUP_BLOCKS)
-                .filter(|&i| bit(&bbits, i))
+            let changed: Vec<usize> = (0..groups.len() * GROUP_BLOCKS)
+                .filter(|&i| bit(&cbits, i))
                 .map(|i| groups[i / GROUP_BLOCKS] * GROUP_BLOCKS + i % GROUP_BLOCKS)
-                .filter(|&b| b < batch.data.len().div_ceil(BLOCK_SIZE))
                 .collect();
+            if changed.iter().any(|&b| b >= nblocks) {
+                return Err(TransportError::Protocol(
+                    "target asked for a block beyond the disk".into(),
+                ));
+            }
+            let mut needed: Vec<usize> = Vec::new();
+            if !changed.is_empty() {
+                // BLAKE3 content keys (the dedup key) only for blocks that changed.
+                let key = |&b: &usize| {
+                    let a = b * BLOCK_SIZE;
+                    Digest::key_of_block(&data[a..(a + BLOCK_SIZE).min(data.len())])
+                };
+                // A few hundred blocks (scattered changes) are hashed right here: a
+                // round trip through the shared thread pool costs more than it saves.
+                let keys: Vec<Digest> = if changed.len() <= 1024 {
+                    changed.iter().map(key).collect()
+                } else {
+                    tokio::task::block_in_place(|| changed.par_iter().map(key).collect())
+                };
+                write_msg(&mut wr, &Msg::Keys(keys)).await?;
+                let bbits = match reply(&mut rd, &mut acked).await? {
+                    Msg::NeedBlocks(b) => b,
+                    m => {
+                        return Err(TransportError::Protocol(format!(
+                            "expected NeedBlocks, got {}",
+                            m.name()
+                        )))
+                    }
+                };
+                needed = (0..changed.len())
+                    .filter(|&i| bit(&bbits, i))
+                    .map(|i| changed[i])
+                    .collect();
+            }
             if !needed.is_empty() {
                 let level = opts.zstd_level;
                 let chunks = tokio::task::block_in_place(|| build_chunks(&batch, &needed, level));
@@ -429,11 +451,12 @@ async fn run_session(
                 report.sent_bytes += (needed.len() * BLOCK_SIZE) as u64;
                 report.payload_bytes += payload;
                 throttle.consume(payload).await;
-                write_msg(&mut wr, &Msg::Data(chunks)).await?;
+                for part in chunks.chunks(FRAME_CHUNKS) {
+                    write_msg(&mut wr, &Msg::Data(part.to_vec())).await?;
+                }
             }
         }
         let _ = recycle_tx.send(batch.data);
-        tw = Instant::now();
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = Instant::now();
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
@@ -460,7 +483,6 @@ async fn run_session(
             when: "during the pass",
         });
     }
-    let tf = Instant::now();
     write_msg(&mut wr, &Msg::Finish(Finish { size })).await?;
     let committed = match reply(&mut rd, &mut acked).await? {
         Msg::Committed(c) => c,
@@ -472,7 +494,6 @@ async fn run_session(
         }
     };
     let _ = wr.shutdown().await;
-    eprintln!("CLIENT: wait-batch {}ms blockdigest {}ms needblocks-rtt {}ms finish {}ms", T_RX.swap(0,Ordering::Relaxed)/1000, T_BD.swap(0,Ordering::Relaxed)/1000, T_NB.swap(0,Ordering::Relaxed)/1000, tf.elapsed().as_millis());
     tracing::debug!(acked, "session done");
     Ok(committed)
 }

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::digest::{zero_block, Digest, BLOCK_SIZE, GROUP_BLOCKS};
 use crate::error::{Result, TransportError};
 use crate::events::{Event, EventSink};
-use crate::repo::store::{blocks_for, groups_for, read_blocks};
+use crate::repo::store::{blocks_for, groups_for, io_pool, read_blocks, BlockMap};
 use crate::repo::{BlockOp, OpKind, PassWriter, PointMeta, Repository, Retention};
 use crate::wire::{
     self, bitmap, read_msg, write_msg, BeginOk, Committed, Msg, Purpose, TargetStats, Welcome,
@@ -36,6 +36,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_DISK: u64 = 16 << 40;
 /// Most block updates merged into one writer step (one journal fsync).
 const MERGE_OPS: usize = 4 * wire::BATCH_GROUPS * GROUP_BLOCKS;
+/// Fewest block updates the writer waits for before a step (unless the pass ends).
+const MIN_APPLY_OPS: usize = 2048;
 
 /// Configuration of the target service.
 #[derive(Clone)]
@@ -292,6 +294,8 @@ fn writer_loop(
     w.set_checkpoint_bytes(checkpoint_bytes);
     let mut next = w.pass().acked_group;
     let mut pending: Option<WriterCmd> = None;
+    // Never defer past a checkpoint's worth of blocks (the resume granularity).
+    let min_ops = MIN_APPLY_OPS.min((checkpoint_bytes / BLOCK_SIZE as u64).max(1) as usize);
     loop {
         let cmd = match pending.take() {
             Some(c) => c,
@@ -307,20 +311,35 @@ fn writer_loop(
                 mut stats,
                 next_group,
             } => {
-                let ti = std::time::Instant::now();
-                let mut ops = batch.into_ops()?;
-                crate::repo::store::TT[2].fetch_add(ti.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let (mut ops, mut old) = batch.into_ops()?;
                 next = next_group;
-                // Merge batches already queued: one journal fsync covers them all.
+                // Merge batches: one journal fsync covers them all.  Wait for at least
+                // `min_ops` blocks (each fsync costs a disk round trip; scattered 4 KiB
+                // changes give a few hundred blocks per batch), then take whatever else
+                // is already queued.
+                let mut closed = false;
                 while ops.len() < MERGE_OPS {
-                    match rx.try_recv() {
+                    let r = if ops.len() < min_ops {
+                        match rx.blocking_recv() {
+                            Some(c) => Ok(c),
+                            None => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    } else {
+                        rx.try_recv()
+                    };
+                    match r {
                         Ok(WriterCmd::Apply {
                             batch,
                             groups: more_groups,
                             stats: s,
                             next_group,
                         }) => {
-                            ops.extend(batch.into_ops()?);
+                            let (more, more_old) = batch.into_ops()?;
+                            ops.extend(more);
+                            old.extend(more_old);
                             groups.extend(more_groups);
                             stats.unchanged_bytes += s.unchanged_bytes;
                             stats.zero_bytes += s.zero_bytes;
@@ -335,28 +354,19 @@ fn writer_loop(
                         Err(_) => break,
                     }
                 }
-                let ta = std::time::Instant::now();
-                w.apply(&ops)?;
-                crate::repo::store::TT[3].fetch_add(ta.elapsed().as_micros() as u64, Ordering::Relaxed);
+                w.apply_prefetched(&ops, old)?;
                 w.set_group_digests(&groups);
                 w.add_stats(&stats);
                 if w.wants_checkpoint() {
-                    let tc = std::time::Instant::now();
                     w.checkpoint(next)?;
-                    crate::repo::store::TT[4].fetch_add(tc.elapsed().as_micros() as u64, Ordering::Relaxed);
                     let _ = out.send(Msg::Ack(next));
+                }
+                if closed {
+                    break;
                 }
             }
             WriterCmd::Progress(g) => next = g,
-            WriterCmd::Commit => {
-                let tc = std::time::Instant::now();
-                let r = w.commit(&retention).map(Some);
-                let t = &crate::repo::store::TT;
-                eprintln!("TARGET: plan {}ms (lookup {}ms) decode {}ms apply {}ms (readold {}ms jsync {}ms write {}ms) ckpt {}ms (idx {}ms) commit {}ms",
-                    t[0].swap(0,Ordering::Relaxed)/1000, t[1].swap(0,Ordering::Relaxed)/1000, t[2].swap(0,Ordering::Relaxed)/1000, t[3].swap(0,Ordering::Relaxed)/1000,
-                    t[5].swap(0,Ordering::Relaxed)/1000, t[6].swap(0,Ordering::Relaxed)/1000, t[7].swap(0,Ordering::Relaxed)/1000, t[4].swap(0,Ordering::Relaxed)/1000, t[8].swap(0,Ordering::Relaxed)/1000, tc.elapsed().as_millis());
-                return r;
-            }
+            WriterCmd::Commit => return w.commit(&retention).map(Some),
         }
     }
     // The session ended without a commit: keep what was applied (resume point).
@@ -369,16 +379,25 @@ enum Plan {
     Need,
 }
 
+/// One planned block update: block, change digest (xxh3), content key (BLAKE3; unused
+/// for holes), what to do.
+type Planned = (u64, Digest, Digest, Plan);
+
 /// A planned batch with the data received for it, not yet verified.
 struct Received {
-    plan: Vec<(u64, Digest, Plan)>,
+    plan: Vec<Planned>,
     chunks: Vec<wire::Chunk>,
-    needed: Vec<(u64, Digest)>,
+    /// Needed blocks: (block, change digest, content key).
+    needed: Vec<(u64, Digest, Digest)>,
+    /// Old content of the blocks the batch overwrites, read ahead for the undo journal.
+    old: Option<std::sync::mpsc::Receiver<Result<BlockMap>>>,
 }
 
 impl Received {
-    /// Decodes and verifies the received blocks and turns the plan into block updates.
-    fn into_ops(self) -> Result<Vec<BlockOp>> {
+    /// Decodes and verifies the received blocks and turns the plan into block updates;
+    /// also returns the old blocks read ahead (empty when the read failed: the writer
+    /// then reads them itself).
+    fn into_ops(self) -> Result<(Vec<BlockOp>, BlockMap)> {
         let blocks = if self.needed.is_empty() {
             Vec::new()
         } else {
@@ -386,7 +405,7 @@ impl Received {
         };
         let mut it = blocks.into_iter();
         let mut ops = Vec::with_capacity(self.plan.len());
-        for (block, digest, p) in self.plan {
+        for (block, digest, key, p) in self.plan {
             let kind = match p {
                 Plan::Ready(k) => k,
                 Plan::Need => {
@@ -399,10 +418,16 @@ impl Received {
             ops.push(BlockOp {
                 block,
                 digest,
+                key,
                 kind,
             });
         }
-        Ok(ops)
+        let old = self
+            .old
+            .and_then(|rx| rx.recv().ok())
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        Ok((ops, old))
     }
 }
 
@@ -413,6 +438,7 @@ struct Session<'a> {
     own_image: File,
     digests: Vec<Digest>,
     groups: Vec<Digest>,
+    /// Content key to a block written earlier in the pass.
     local: HashMap<Digest, u64>,
     files: HashMap<u32, Option<File>>,
     nblocks: u64,
@@ -441,15 +467,20 @@ impl Session<'_> {
             .and_then(|f| f.as_ref()?.try_clone().ok())
     }
 
-    /// Plans a batch of block digests; returns the plan and the need bitmap.
-    fn plan(
+    /// First step of planning a batch: compares the change digests of the blocks of
+    /// the changed groups with the replica's.  Returns the plan (zero blocks become
+    /// holes; the others are `Need` until their keys arrive), the plan indices whose
+    /// content keys are wanted, and the blocks whose old content is not zero (to read
+    /// ahead for the undo journal).
+    fn plan_changes(
         &mut self,
         groups: &[u64],
         bd: &[Digest],
         stats: &mut TargetStats,
-    ) -> Result<Vec<(u64, Digest, Plan)>> {
+    ) -> (Vec<Planned>, Vec<usize>, Vec<u64>) {
         let mut plan = Vec::with_capacity(bd.len());
-        let mut lookups = Vec::new();
+        let mut want = Vec::new();
+        let mut old = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
             for k in 0..GROUP_BLOCKS {
                 let b = g * GROUP_BLOCKS as u64 + k as u64;
@@ -462,27 +493,49 @@ impl Session<'_> {
                     stats.unchanged_bytes += BLOCK_SIZE as u64;
                     continue;
                 }
+                if cur != zero_block() {
+                    old.push(b);
+                }
                 let p = if d == zero_block() {
                     stats.zero_bytes += BLOCK_SIZE as u64;
                     Plan::Ready(OpKind::Zero)
-                } else if let Some(&from) = self.local.get(&d) {
-                    stats.dedup_bytes += BLOCK_SIZE as u64;
-                    Plan::Ready(OpKind::Copy { from })
                 } else {
-                    lookups.push(plan.len());
+                    want.push(plan.len());
                     Plan::Need
                 };
                 self.digests[b as usize] = d;
-                plan.push((b, d, p));
+                plan.push((b, d, Digest::default(), p));
+            }
+        }
+        (plan, want, old)
+    }
+
+    /// Second step: with the content keys of the changed blocks, finds the ones the
+    /// target already holds (earlier in the pass, or any replica via the global index,
+    /// verified by hashing) and leaves the rest as `Need`.
+    fn plan_keys(
+        &mut self,
+        plan: &mut [Planned],
+        want: &[usize],
+        keys: &[Digest],
+        stats: &mut TargetStats,
+    ) -> Result<()> {
+        let mut lookups = Vec::new();
+        for (&i, &key) in want.iter().zip(keys) {
+            plan[i].2 = key;
+            if let Some(&from) = self.local.get(&key) {
+                stats.dedup_bytes += BLOCK_SIZE as u64;
+                plan[i].3 = Plan::Ready(OpKind::Copy { from });
+            } else {
+                lookups.push(i);
             }
         }
         if !lookups.is_empty() {
-            let keys: Vec<Digest> = lookups.iter().map(|&i| plan[i].1).collect();
-            let tl = std::time::Instant::now();
+            let keys: Vec<Digest> = lookups.iter().map(|&i| plan[i].2).collect();
             let hits = self.opts.repo.index()?.lookup(&keys)?;
-            crate::repo::store::TT[1].fetch_add(tl.elapsed().as_micros() as u64, Ordering::Relaxed);
             // Candidates grouped by replica; each group is read with coalesced,
-            // parallel reads, then every block is verified against its digest.
+            // parallel reads, then every block is verified against its key and its
+            // change digest.
             let mut by_replica: HashMap<u32, Vec<(u64, usize)>> = HashMap::new();
             for (&i, hit) in lookups.iter().zip(hits) {
                 if let Some((r, blk)) = hit {
@@ -498,12 +551,15 @@ impl Session<'_> {
                 let Ok(data) = read_blocks(&f, &blocks) else {
                     continue;
                 };
+                let plan_ref = &*plan;
                 let checked: Vec<(usize, Option<Arc<Vec<u8>>>)> = cands
                     .par_iter()
                     .map(|&(blk, i)| {
                         let buf = data.get(&blk).and_then(|(buf, at)| {
                             let b = &buf[*at..*at + BLOCK_SIZE];
-                            (Digest::of_block(b) == plan[i].1).then(|| Arc::new(b.to_vec()))
+                            (Digest::key_of_block(b) == plan_ref[i].2
+                                && Digest::of_block(b) == plan_ref[i].1)
+                                .then(|| Arc::new(b.to_vec()))
                         });
                         (i, buf)
                     })
@@ -513,36 +569,53 @@ impl Session<'_> {
             for (i, buf) in found {
                 if let Some(buf) = buf {
                     stats.dedup_bytes += BLOCK_SIZE as u64;
-                    plan[i].2 = Plan::Ready(OpKind::Data { buf, at: 0 });
+                    plan[i].3 = Plan::Ready(OpKind::Data { buf, at: 0 });
                 }
             }
         }
-        for (b, d, p) in &plan {
-            if *d != zero_block() {
-                self.local.entry(*d).or_insert(*b);
-            }
+        for &i in want {
+            let (b, _, key, p) = &plan[i];
             if matches!(p, Plan::Need) {
-                // A later block with the same digest in this batch copies this one.
-                self.local.insert(*d, *b);
+                // A later block with the same key in this batch copies this one.
+                self.local.insert(*key, *b);
+            } else {
+                self.local.entry(*key).or_insert(*b);
             }
         }
         // Blocks needed twice in one batch: only the first is requested.
         let mut first_need: HashMap<Digest, u64> = HashMap::new();
-        for (b, d, p) in plan.iter_mut() {
+        for &i in want {
+            let (b, _, key, p) = &mut plan[i];
             if matches!(p, Plan::Need) {
-                match first_need.get(d) {
+                match first_need.get(key) {
                     Some(&from) => {
                         stats.dedup_bytes += BLOCK_SIZE as u64;
                         *p = Plan::Ready(OpKind::Copy { from });
                     }
                     None => {
-                        first_need.insert(*d, *b);
+                        first_need.insert(*key, *b);
                     }
                 }
             }
         }
-        Ok(plan)
+        Ok(())
     }
+}
+
+/// Reads the old content of `blocks` in the I/O pool, ahead of the writer.
+fn read_ahead(
+    image: &File,
+    blocks: Vec<u64>,
+) -> Option<std::sync::mpsc::Receiver<Result<BlockMap>>> {
+    if blocks.is_empty() {
+        return None;
+    }
+    let f = image.try_clone().ok()?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    io_pool().spawn(move || {
+        let _ = tx.send(read_blocks(&f, &blocks));
+    });
+    Some(rx)
 }
 
 async fn session<R: AsyncRead + Unpin>(
@@ -587,7 +660,7 @@ async fn session<R: AsyncRead + Unpin>(
         nblocks: blocks_for(size),
     };
     let total_groups = groups_for(size);
-    let (cmd_tx, cmd_rx) = mpsc::channel::<WriterCmd>(4);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<WriterCmd>(8);
     let retention = opts.retention.clone();
     let wout = out.clone();
     let cpb = opts.checkpoint_bytes;
@@ -647,7 +720,7 @@ async fn session<R: AsyncRead + Unpin>(
                     let _ = out.send(Msg::NeedGroups(bits));
                     next_group = end;
                     if need.is_empty() {
-                        let batch = Received { plan: Vec::new(), chunks: Vec::new(), needed: Vec::new() };
+                        let batch = Received { plan: Vec::new(), chunks: Vec::new(), needed: Vec::new(), old: None };
                         send_cmd(&cmd_tx, WriterCmd::Apply { batch, groups: Vec::new(), stats, next_group }).await?;
                         continue;
                     }
@@ -655,28 +728,42 @@ async fn session<R: AsyncRead + Unpin>(
                         Msg::Blocks(bd) if bd.len() == need.len() * GROUP_BLOCKS => bd,
                         m => return Err(TransportError::Protocol(format!("expected {} block digests, got {}", need.len() * GROUP_BLOCKS, m.name()))),
                     };
-                    let tp = std::time::Instant::now();
-                    let plan = tokio::task::block_in_place(|| s.plan(&need, &bd, &mut stats))?;
-                    crate::repo::store::TT[0].fetch_add(tp.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    let needed: Vec<(u64, Digest)> = plan
-                        .iter()
-                        .filter(|p| matches!(p.2, Plan::Need))
-                        .map(|p| (p.0, p.1))
-                        .collect();
-                    let bits = need_bitmap(&need, bd.len(), &needed);
-                    let _ = out.send(Msg::NeedBlocks(bits));
+                    let (mut plan, want, old_blocks) = s.plan_changes(&need, &bd, &mut stats);
+                    let old = read_ahead(&s.own_image, old_blocks);
+                    let _ = out.send(Msg::Changed(changed_bitmap(&need, bd.len(), &plan, &want)));
+                    let mut needed: Vec<(u64, Digest, Digest)> = Vec::new();
                     let mut chunks = Vec::new();
-                    if !needed.is_empty() {
-                        chunks = match timed_read(rd).await? {
-                            Msg::Data(c) => c,
-                            m => return Err(TransportError::Protocol(format!("expected Data, got {}", m.name()))),
+                    if !want.is_empty() {
+                        let keys = match timed_read(rd).await? {
+                            Msg::Keys(k) if k.len() == want.len() => k,
+                            m => return Err(TransportError::Protocol(format!("expected {} content keys, got {}", want.len(), m.name()))),
                         };
+                        tokio::task::block_in_place(|| s.plan_keys(&mut plan, &want, &keys, &mut stats))?;
+                        let mut bits = vec![0u8; want.len().div_ceil(8)];
+                        for (n, &i) in want.iter().enumerate() {
+                            if matches!(plan[i].3, Plan::Need) {
+                                bits[n / 8] |= 1 << (n % 8);
+                                needed.push((plan[i].0, plan[i].1, plan[i].2));
+                            }
+                        }
+                        let _ = out.send(Msg::NeedBlocks(bits));
+                        // The blocks may come in several Data frames.
+                        let mut got = 0usize;
+                        while got < needed.len() {
+                            match timed_read(rd).await? {
+                                Msg::Data(c) => {
+                                    got += c.iter().map(|c| c.raw_len as usize / BLOCK_SIZE).sum::<usize>();
+                                    chunks.extend(c);
+                                }
+                                m => return Err(TransportError::Protocol(format!("expected Data, got {}", m.name()))),
+                            }
+                        }
                         stats.received_bytes += (needed.len() * BLOCK_SIZE) as u64;
                     }
                     // Decoding and verification happen in the writer thread, so this
                     // loop already answers the next batch (the two overlap).
                     let groups = need.iter().map(|&g| (g, gd[(g - first) as usize])).collect();
-                    let batch = Received { plan, chunks, needed };
+                    let batch = Received { plan, chunks, needed, old };
                     send_cmd(&cmd_tx, WriterCmd::Apply { batch, groups, stats, next_group }).await?;
                 }
                 Msg::Finish(f) => {
@@ -724,12 +811,20 @@ async fn session<R: AsyncRead + Unpin>(
     }
 }
 
-/// Bit i set when block i of a Blocks message (16 per needed group) is requested.
-fn need_bitmap(groups: &[u64], n: usize, needed: &[(u64, Digest)]) -> Vec<u8> {
-    let want: std::collections::HashSet<u64> = needed.iter().map(|x| x.0).collect();
-    bitmap(n, |i| {
-        want.contains(&(groups[i / GROUP_BLOCKS] * GROUP_BLOCKS as u64 + (i % GROUP_BLOCKS) as u64))
-    })
+/// Bit i set when block i of a Blocks message (16 per needed group) changed and is
+/// not zero (its content key is wanted).
+fn changed_bitmap(groups: &[u64], n: usize, plan: &[Planned], want: &[usize]) -> Vec<u8> {
+    let mut v = vec![0u8; n.div_ceil(8)];
+    let pos: HashMap<u64, usize> = groups.iter().enumerate().map(|(i, &g)| (g, i)).collect();
+    for &i in want {
+        let b = plan[i].0;
+        let g = b / GROUP_BLOCKS as u64;
+        if let Some(&gi) = pos.get(&g) {
+            let k = gi * GROUP_BLOCKS + (b % GROUP_BLOCKS as u64) as usize;
+            v[k / 8] |= 1 << (k % 8);
+        }
+    }
+    v
 }
 
 async fn send_cmd(tx: &mpsc::Sender<WriterCmd>, cmd: WriterCmd) -> Result<()> {
@@ -738,10 +833,11 @@ async fn send_cmd(tx: &mpsc::Sender<WriterCmd>, cmd: WriterCmd) -> Result<()> {
         .map_err(|_| TransportError::Repository("writer stopped".into()))
 }
 
-/// Decodes data chunks and checks every block against its expected digest.
+/// Decodes data chunks and checks every block against its expected content key and
+/// change digest.
 fn decode_verify(
     chunks: Vec<wire::Chunk>,
-    needed: &[(u64, Digest)],
+    needed: &[(u64, Digest, Digest)],
 ) -> Result<Vec<(Arc<Vec<u8>>, usize)>> {
     let total: usize = chunks.iter().map(|c| c.raw_len as usize / BLOCK_SIZE).sum();
     if total != needed.len() {
@@ -762,8 +858,9 @@ fn decode_verify(
     }
     out.par_iter()
         .zip(needed.par_iter())
-        .try_for_each(|((buf, at), (block, d))| {
-            if Digest::of_block(&buf[*at..*at + BLOCK_SIZE]) == *d {
+        .try_for_each(|((buf, at), (block, d, key))| {
+            let b = &buf[*at..*at + BLOCK_SIZE];
+            if Digest::key_of_block(b) == *key && Digest::of_block(b) == *d {
                 Ok(())
             } else {
                 Err(TransportError::DigestMismatch { block: *block })

@@ -3,10 +3,12 @@
 //! Every frame is `u32 length (big-endian) | u8 kind | payload`, `length` counting the
 //! kind byte and payload and bounded by [`MAX_FRAME`].  Control messages carry JSON;
 //! manifests, need-bitmaps and data carry compact binary payloads.  Per batch the
-//! source sends [`Msg::Groups`] (64 KiB group digests), the target answers
-//! [`Msg::NeedGroups`]; the source sends [`Msg::Blocks`] (4 KiB digests of the needed
-//! groups), the target answers [`Msg::NeedBlocks`] after checking its replica and its
-//! global index; the source sends the needed blocks in [`Msg::Data`].  The target
+//! source sends [`Msg::Groups`] (64 KiB xxh3 group digests), the target answers
+//! [`Msg::NeedGroups`]; the source sends [`Msg::Blocks`] (4 KiB xxh3 digests of the
+//! needed groups), the target answers [`Msg::Changed`] (blocks that differ from its
+//! replica and are not zero); if any, the source sends their BLAKE3 content keys in
+//! [`Msg::Keys`] and the target answers [`Msg::NeedBlocks`] after checking its global
+//! index; the source sends the needed blocks in [`Msg::Data`].  The target
 //! acknowledges durable progress with [`Msg::Ack`] and a committed point with
 //! [`Msg::Committed`].
 
@@ -17,11 +19,13 @@ use crate::digest::{Digest, BLOCK_SIZE, GROUP_BLOCKS};
 use crate::error::{ErrorKind, Result, TransportError};
 
 /// Protocol version; both sides must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame accepted (kind byte + payload).
 pub const MAX_FRAME: usize = 24 << 20;
-/// Groups per batch (16 MiB of disk).
+/// Groups per batch (16 MiB of disk; also the resume granularity).
 pub const BATCH_GROUPS: usize = 256;
+/// Most chunks in one [`Msg::Data`] frame (a batch's blocks may take several frames).
+pub const FRAME_CHUNKS: usize = 4;
 /// Largest uncompressed chunk in a [`Msg::Data`] frame.
 pub const MAX_CHUNK: usize = 4 << 20;
 /// Largest JSON control message.
@@ -180,9 +184,15 @@ pub enum Msg {
     NeedGroups(Vec<u8>),
     /// The 16 block digests of each needed group, in order.
     Blocks(Vec<Digest>),
-    /// Bit i set: block i of the last [`Msg::Blocks`] must be sent.
+    /// Bit i set: block i of the last [`Msg::Blocks`] changed and is not zero; its
+    /// content key is wanted.
+    Changed(Vec<u8>),
+    /// BLAKE3 content keys of the blocks flagged in the last [`Msg::Changed`], in order.
+    Keys(Vec<Digest>),
+    /// Bit i set: block i of the last [`Msg::Keys`] must be sent.
     NeedBlocks(Vec<u8>),
-    /// The needed blocks, in order.
+    /// The needed blocks, in order, in one or more frames of at most
+    /// [`FRAME_CHUNKS`] chunks.
     Data(Vec<Chunk>),
     /// Every group below this one is durable on the target.
     Ack(u64),
@@ -207,6 +217,8 @@ const K_ACK: u8 = 10;
 const K_FINISH: u8 = 11;
 const K_COMMITTED: u8 = 12;
 const K_ERROR: u8 = 13;
+const K_CHANGED: u8 = 14;
+const K_KEYS: u8 = 15;
 
 /// Bit `i` of a bitmap.
 pub fn bit(bits: &[u8], i: usize) -> bool {
@@ -268,6 +280,8 @@ impl Msg {
             Msg::NeedGroups(b) => (K_NEED_GROUPS, b.clone()),
             Msg::Blocks(d) => (K_BLOCKS, digests_bytes(None, d)),
             Msg::NeedBlocks(b) => (K_NEED_BLOCKS, b.clone()),
+            Msg::Changed(b) => (K_CHANGED, b.clone()),
+            Msg::Keys(d) => (K_KEYS, digests_bytes(None, d)),
             Msg::Ack(g) => (K_ACK, g.to_be_bytes().to_vec()),
             Msg::Data(_) => (K_DATA, Vec::new()),
         }
@@ -284,6 +298,8 @@ impl Msg {
             Msg::NeedGroups(_) => "NeedGroups",
             Msg::Blocks(_) => "Blocks",
             Msg::NeedBlocks(_) => "NeedBlocks",
+            Msg::Changed(_) => "Changed",
+            Msg::Keys(_) => "Keys",
             Msg::Data(_) => "Data",
             Msg::Ack(_) => "Ack",
             Msg::Finish(_) => "Finish",
@@ -438,6 +454,14 @@ pub async fn read_msg<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Msg, usize)> {
             Msg::Blocks(d)
         }
         K_NEED_BLOCKS => Msg::NeedBlocks(p),
+        K_CHANGED => Msg::Changed(p),
+        K_KEYS => {
+            let d = parse_digests(&p)?;
+            if d.len() > BATCH_GROUPS * GROUP_BLOCKS {
+                return Err(TransportError::Protocol("Keys count out of bounds".into()));
+            }
+            Msg::Keys(d)
+        }
         K_ACK => {
             if p.len() != 8 {
                 return Err(TransportError::Protocol("bad Ack".into()));

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use haven_transport::digest::{digest_blocks, digest_groups, GROUP_BLOCKS};
+use haven_transport::digest::{digest_blocks, digest_groups, Digest, GROUP_BLOCKS};
 use haven_transport::error::ErrorKind;
 use haven_transport::events::Event;
 use haven_transport::tls::{self, Counters, Trust};
@@ -69,10 +69,22 @@ async fn handshake_to_data(
     write_msg(&mut s, &Msg::Blocks(blocks[..GROUP_BLOCKS].to_vec()))
         .await
         .unwrap();
+    let Msg::Changed(c) = read_msg(&mut s).await.unwrap().0 else {
+        panic!()
+    };
+    let changed: Vec<usize> = (0..GROUP_BLOCKS).filter(|&i| bit(&c, i)).collect();
+    let keys = changed
+        .iter()
+        .map(|&i| Digest::key_of_block(&disk[i * 4096..(i + 1) * 4096]))
+        .collect();
+    write_msg(&mut s, &Msg::Keys(keys)).await.unwrap();
     let Msg::NeedBlocks(b) = read_msg(&mut s).await.unwrap().0 else {
         panic!()
     };
-    let needed: Vec<usize> = (0..GROUP_BLOCKS).filter(|&i| bit(&b, i)).collect();
+    let needed: Vec<usize> = (0..changed.len())
+        .filter(|&i| bit(&b, i))
+        .map(|i| changed[i])
+        .collect();
     assert!(!needed.is_empty());
     (s, needed)
 }

@@ -1,9 +1,9 @@
 //! Undo journals: the previous content of every block a pass overwrote.
 //!
-//! Layout: a 24-byte header (`HVUNDO01`, previous image size, encryption flag) then
+//! Layout: a 24-byte header (`HVUNDO02`, previous image size, encryption flag) then
 //! records `block u64 | kind u8 | len u32 | payload | check [u8; 8]`, where kind 0
 //! means "was zero" (no payload) and kind 1 carries the 4 KiB block (sealed when the
-//! repository is encrypted) and `check` is a truncated BLAKE3 of the record.  A torn
+//! repository is encrypted) and `check` is the xxh3-64 of the record.  A torn
 //! tail (crash while appending) is detected by the check and ignored.  Applying the
 //! records in reverse order of appending restores the previous recovery point, even
 //! when a block was journaled twice (resumed pass).
@@ -18,7 +18,7 @@ use super::crypto::Key;
 use crate::digest::BLOCK_SIZE;
 use crate::error::{Result, TransportError};
 
-const MAGIC: &[u8; 8] = b"HVUNDO01";
+const MAGIC: &[u8; 8] = b"HVUNDO02";
 /// Header size.
 pub const HEADER_LEN: u64 = 24;
 const REC_HEAD: usize = 13;
@@ -37,13 +37,13 @@ pub struct Record {
     pub end: u64,
 }
 
+/// Record checksum (torn or corrupted writes): xxh3-64 of head and payload.  It
+/// detects accidents only; sealed payloads carry their own authentication.
 fn check(head: &[u8], payload: &[u8]) -> [u8; 8] {
-    let mut h = blake3::Hasher::new();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(head);
     h.update(payload);
-    let mut c = [0u8; 8];
-    c.copy_from_slice(&h.finalize().as_bytes()[..8]);
-    c
+    h.digest().to_le_bytes()
 }
 
 fn jerr(path: &Path, what: &str) -> TransportError {

@@ -5,7 +5,8 @@
 //! REPO/repo.json                       format version, key fingerprint
 //! REPO/index.redb                      global digest index
 //! REPO/replicas/NAME/image.raw         the replica: a raw sparse image, bootable as is
-//! REPO/replicas/NAME/digests.bin       16-byte digest of each 4 KiB block of image.raw
+//! REPO/replicas/NAME/digests.bin       xxh3-128 change digest of each 4 KiB block of image.raw
+//! REPO/replicas/NAME/groups.bin        xxh3-128 change digest of each 64 KiB group
 //! REPO/replicas/NAME/state.json        committed size, last point, pass in progress
 //! REPO/replicas/NAME/points/ID.json    recovery point metadata
 //! REPO/replicas/NAME/undo/ID.undo      what pass ID overwrote (turns point ID into ID-1)
@@ -177,6 +178,10 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Repository format: 2 = xxh3-128 change digests in `digests.bin`/`groups.bin`,
+/// BLAKE3-128 keys in the index, `HVUNDO02` journals.
+const REPO_FORMAT: u32 = 2;
+
 impl Repository {
     /// Opens (creating if needed) a repository; `key` enables at-rest encryption of
     /// recovery-point data and must match the key the repository was created with.
@@ -187,6 +192,12 @@ impl Repository {
         let check = key.as_ref().map(|k| k.check_value().to_string());
         if meta_path.exists() {
             let meta: RepoMeta = read_json(&meta_path)?;
+            if meta.format != REPO_FORMAT {
+                return Err(TransportError::Repository(format!(
+                    "repository format {} is not supported (this version uses {REPO_FORMAT})",
+                    meta.format
+                )));
+            }
             if meta.key_check != check {
                 return Err(TransportError::Repository(
                     match (&meta.key_check, &check) {
@@ -200,7 +211,7 @@ impl Repository {
             write_atomic(
                 &meta_path,
                 &to_json(&RepoMeta {
-                    format: 1,
+                    format: REPO_FORMAT,
                     key_check: check,
                 }),
             )?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::journal::Journal;
 use super::store::{blocks_for, journal_path, load_digests, load_groups, read_padded};
 use super::{now_unix, read_json, write_atomic, PassState, ReplicaState, Repository, Retention};
-use crate::digest::{digest_blocks, digest_groups, is_zero, Digest, BLOCK_SIZE};
+use crate::digest::{digest_batch, is_zero, Digest, BLOCK_SIZE};
 use crate::error::{Result, TransportError};
 use crate::wire::TargetStats;
 
@@ -126,8 +126,9 @@ fn rehash(image: &File) -> Result<(Vec<Digest>, Vec<Digest>)> {
     while off < size {
         let n = ((size - off) as usize).min(buf.len());
         read_padded(image, &mut buf[..n], off)?;
-        out.extend(digest_blocks(&buf[..n]));
-        groups.extend(digest_groups(&buf[..n]));
+        let (b, g) = digest_batch(&buf[..n]);
+        out.extend(b);
+        groups.extend(g);
         off += n as u64;
     }
     Ok((out, groups))

@@ -14,7 +14,6 @@ use crate::digest::{zero_block, zero_group, Digest, BLOCK_SIZE, GROUP_BLOCKS, GR
 use crate::error::{Result, TransportError};
 use crate::wire::TargetStats;
 
-pub(crate) static TT: [std::sync::atomic::AtomicU64; 9] = [const { std::sync::atomic::AtomicU64::new(0) }; 9];
 /// Write this many bytes between checkpoints (acks to the source).
 pub const CHECKPOINT_BYTES: u64 = 256 << 20;
 /// Smallest write sent with O_DIRECT.
@@ -46,8 +45,11 @@ pub enum OpKind {
 pub struct BlockOp {
     /// Block index.
     pub block: u64,
-    /// Digest of the new content.
+    /// Change digest (xxh3) of the new content, recorded in the replica's manifest.
     pub digest: Digest,
+    /// Content key (BLAKE3) of the new content, recorded in the global index
+    /// (ignored for holes).
+    pub key: Digest,
     /// New content.
     pub kind: OpKind,
 }
@@ -408,6 +410,13 @@ impl PassWriter {
 
     /// Applies block updates: journals the old content (fsynced), then writes.
     pub fn apply(&mut self, ops: &[BlockOp]) -> Result<()> {
+        self.apply_prefetched(ops, BlockMap::new())
+    }
+
+    /// [`PassWriter::apply`] with old content already read ahead (`old`, which may be
+    /// incomplete: missing blocks are read here).  The caller guarantees that the
+    /// blocks in `old` were read after every earlier write to them.
+    pub fn apply_prefetched(&mut self, ops: &[BlockOp], mut old: BlockMap) -> Result<()> {
         let nblocks = self.digests.len() as u64;
         // Content of each op, materialised in order (copies may refer to earlier ops).
         let mut pos: HashMap<u64, usize> = HashMap::new();
@@ -441,24 +450,24 @@ impl PassWriter {
         let mut old_blocks: Vec<u64> = ops
             .iter()
             .filter(|op| self.digests[op.block as usize] != zero_block())
+            .filter(|op| !old.contains_key(&op.block))
             .map(|op| op.block)
             .collect();
         old_blocks.sort_unstable();
-        let t0 = std::time::Instant::now();
-        let old = read_blocks(&self.image, &old_blocks)?;
-        TT[5].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        old_blocks.dedup();
+        if !old_blocks.is_empty() {
+            old.extend(read_blocks(&self.image, &old_blocks)?);
+        }
         for op in ops {
-            match old.get(&op.block) {
+            let was_zero = self.digests[op.block as usize] == zero_block();
+            match old.get(&op.block).filter(|_| !was_zero) {
                 Some((buf, at)) => self
                     .journal
                     .append(op.block, Some(&buf[*at..*at + BLOCK_SIZE])),
                 None => self.journal.append(op.block, None),
             }
         }
-        let t0 = std::time::Instant::now();
         self.journal.sync()?;
-        TT[6].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-        let t0 = std::time::Instant::now();
         let size = self.size();
         let mut run_len = 0usize;
         let mut run_start = 0u64;
@@ -503,12 +512,34 @@ impl PassWriter {
         if let Some((a, n)) = hole {
             self.punch(a, n, size)?;
         }
-        TT[7].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Start writeback of the buffered (small) writes now, in the background, so
+        // the fsync at the next checkpoint or commit finds most of them written.
+        if let (Some(first), Some(last), Ok(f)) = (
+            ops.iter().map(|o| o.block).min(),
+            ops.iter().map(|o| o.block).max(),
+            self.image.try_clone(),
+        ) {
+            io_pool().spawn(move || {
+                use std::os::fd::AsRawFd;
+                let off = first * BLOCK_SIZE as u64;
+                let len = (last + 1 - first) * BLOCK_SIZE as u64;
+                // SAFETY: a plain syscall on a descriptor `f` keeps open; a failure
+                // only loses the hint.
+                unsafe {
+                    libc::sync_file_range(
+                        f.as_raw_fd(),
+                        off as libc::off64_t,
+                        len as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            });
+        }
         let rid = self.replica_id;
         for op in ops {
             self.set_digest(op.block, op.digest);
             if op.digest != zero_block() {
-                self.pending_index.push((op.digest, rid, op.block));
+                self.pending_index.push((op.key, rid, op.block));
             }
         }
         self.since_checkpoint += (ops.len() * BLOCK_SIZE) as u64;
@@ -594,9 +625,7 @@ impl PassWriter {
         if !self.pending_index.is_empty() {
             // Sorted keys make the B-tree inserts sequential.
             self.pending_index.sort_unstable_by_key(|e| e.0);
-            let t0 = std::time::Instant::now();
             self.repo.index()?.insert(&self.pending_index, false)?;
-            TT[8].fetch_add(t0.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             self.pending_index.clear();
         }
         self.pass.acked_group = next_group;
