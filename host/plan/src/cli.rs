@@ -1,7 +1,5 @@
-//! The `haven plan …` commands, for the lead to wire into the `haven` binary.
-//!
-//! Wiring: add `Plan { #[command(subcommand)] command: haven_plan::cli::PlanCommand }` to
-//! the `haven` subcommands and call [`run`] with it, giving:
+//! The `haven plan …` commands of the plan model, wired into the `haven` binary
+//! (`haven plan simulate` comes from `haven_engine::cli`):
 //!
 //! | command | args type | function |
 //! |---|---|---|

@@ -1,6 +1,6 @@
-//! Command-line front ends, for the lead to wire into the `haven` binary.
+//! Command-line front ends, wired into the `haven` binary (`host/haven/src/main.rs`).
 //!
-//! Expected wiring (clap derive), each handler is `async` and returns `anyhow::Result<()>`:
+//! Each handler is `async` and returns `anyhow::Result<()>`:
 //!
 //! ```text
 //! haven target    ...   => cli::TargetArgs     -> cli::run_target(args)
@@ -9,8 +9,7 @@
 //!                          (subcommands: list | points | restore | export | verify)
 //! ```
 //!
-//! e.g. `enum Command { Target(haven_transport::cli::TargetArgs), Replicate(..), Replica(..) }`.
-//! The handlers need a multi-threaded tokio runtime (`#[tokio::main]`).
+//! The handlers need a multi-threaded tokio runtime.
 
 use std::path::PathBuf;
 use std::time::Duration;
