@@ -45,6 +45,15 @@ pub trait Inventory {
     }
 }
 
+/// A tag written `key=value`, or a bare `key` (empty value).
+pub fn parse_tag(text: &str) -> Tag {
+    let (key, value) = text.split_once('=').unwrap_or((text, ""));
+    Tag {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
 /// Whether `tags` satisfy every condition of `selector` (an empty value
 /// matches any value of the key).
 pub fn matches_tags(tags: &[Tag], selector: &TagSelector) -> bool {

@@ -29,7 +29,9 @@ pub mod harness;
 pub mod host;
 pub mod http;
 
-pub use capabilities::{Compute, Connector, DiskAccess, Inventory, Jobs, Storage, VmSnapshots};
+pub use capabilities::{
+    matches_tags, parse_tag, Compute, Connector, DiskAccess, Inventory, Jobs, Storage, VmSnapshots,
+};
 pub use configured::{Configured, Settings};
 pub use error::Error;
 

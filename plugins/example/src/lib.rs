@@ -11,7 +11,9 @@
 
 use haven_plugin_sdk::http::{self, Request, Response};
 use haven_plugin_sdk::types::*;
-use haven_plugin_sdk::{error, host, Configured, Connector, Inventory, Result, Settings};
+use haven_plugin_sdk::{
+    error, host, parse_tag, Configured, Connector, Inventory, Result, Settings,
+};
 use serde::Deserialize;
 
 /// The connector.
@@ -109,15 +111,6 @@ impl From<ApiVm> for Vm {
                 })
                 .collect(),
         }
-    }
-}
-
-/// `key=value`, or a bare `key`.
-fn parse_tag(tag: &str) -> Tag {
-    let (key, value) = tag.split_once('=').unwrap_or((tag, ""));
-    Tag {
-        key: key.to_owned(),
-        value: value.to_owned(),
     }
 }
 

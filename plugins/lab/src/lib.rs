@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use haven_plugin_sdk::http::{self, Request, Response};
 use haven_plugin_sdk::types::*;
 use haven_plugin_sdk::{
-    error, host, Compute, Configured, Connector, DiskAccess, Inventory, Jobs, Result, Settings,
-    VmSnapshots,
+    error, host, parse_tag, Compute, Configured, Connector, DiskAccess, Inventory, Jobs, Result,
+    Settings, VmSnapshots,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -146,15 +146,6 @@ pub const ALLOCATED: &str = "allocated";
 struct LabImage {
     path: String,
     size_bytes: u64,
-}
-
-/// `key=value`, or a bare `key`.
-fn parse_tag(tag: &str) -> Tag {
-    let (key, value) = tag.split_once('=').unwrap_or((tag, ""));
-    Tag {
-        key: key.to_owned(),
-        value: value.to_owned(),
-    }
 }
 
 impl From<LabVm> for Vm {
