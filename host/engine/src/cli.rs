@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use haven_plan::{GroupId, Mode, Plan, VmRef};
-use haven_store::Store;
+use haven_store::{LocalLog, Store};
 
 use crate::executor::Clock;
 use crate::simulate::{Faults, SimulatedRunner};
@@ -99,7 +99,11 @@ pub fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
         .start_paused(true)
         .build()
         .context("cannot start the simulation runtime")?;
-    let executor = Executor::new(store.clone(), Arc::new(runner), Clock::starting_at(0));
+    let executor = Executor::new(
+        Arc::new(LocalLog::new(store.clone())),
+        Arc::new(runner),
+        Clock::starting_at(0),
+    );
     // The timeline below reports every step; the executor's own log would repeat it.
     let outcome =
         tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
@@ -107,7 +111,7 @@ pub fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
             // Simulated operators approve at once.
             while let ExecutionOutcome::AwaitingApproval { steps } = &outcome {
                 for &step in steps {
-                    executor.approve("simulation", &graph, step, "simulation")?;
+                    runtime.block_on(executor.approve("simulation", &graph, step, "simulation"))?;
                 }
                 outcome = runtime.block_on(executor.run("simulation", &graph))?;
             }

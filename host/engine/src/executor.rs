@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haven_plan::{Action, ExecutionGraph, Origin, StepInstance};
-use haven_store::{Command, Store, StoreError};
+use haven_store::{Command, CommandLog, CommitError, StoreError};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
@@ -26,6 +26,11 @@ pub enum ExecutorError {
     /// from the last event written and can be resumed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A journal event could not be committed (in a cluster: this node is
+    /// no longer the primary, or no quorum answered). The execution is
+    /// unchanged from the last event committed and the primary resumes it.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
     /// The execution exists with a different graph (the plan changed since).
     #[error("execution `{0}` was started from a different plan graph; start a new execution")]
     GraphChanged(String),
@@ -97,10 +102,11 @@ impl Clock {
     }
 }
 
-/// Runs execution graphs with a runner, journalling into a store.
-pub struct Executor<R: StepRunner> {
-    store: Arc<Store>,
-    runner: Arc<R>,
+/// Runs execution graphs with a runner, journalling through a command log
+/// (the embedded store, or the HA cluster).
+pub struct Executor {
+    log: Arc<dyn CommandLog>,
+    runner: Arc<dyn StepRunner>,
     clock: Clock,
 }
 
@@ -110,19 +116,16 @@ struct Attempt {
     result: Result<String, StepFailure>,
 }
 
-impl<R: StepRunner> Executor<R> {
-    /// An executor over `store` with `runner`.
-    pub fn new(store: Arc<Store>, runner: Arc<R>, clock: Clock) -> Self {
-        Self {
-            store,
-            runner,
-            clock,
-        }
+impl Executor {
+    /// An executor journalling through `log`, running steps with `runner`.
+    pub fn new(log: Arc<dyn CommandLog>, runner: Arc<dyn StepRunner>, clock: Clock) -> Self {
+        Self { log, runner, clock }
     }
 
     /// The journal of an execution.
     pub fn events(&self, execution: &str) -> Result<Vec<Event>, ExecutorError> {
-        self.store
+        self.log
+            .store()
             .stream(&stream_name(execution), 0)?
             .into_iter()
             .map(|e| {
@@ -144,17 +147,22 @@ impl<R: StepRunner> Executor<R> {
         Ok(replay(graph.steps.len(), &self.events(execution)?))
     }
 
-    fn append(&self, execution: &str, event: &Event) -> Result<(), ExecutorError> {
-        self.store.apply(&Command::Append {
-            stream: stream_name(execution),
-            at_ms: self.clock.now_ms(),
-            entry: serde_json::to_value(event).expect("events serialize"),
-        })?;
-        Ok(())
+    /// Commits one journal event; returns its position in the store's
+    /// history (the fencing token of a `step-started` event).
+    async fn append(&self, execution: &str, event: &Event) -> Result<u64, ExecutorError> {
+        let applied = self
+            .log
+            .commit(vec![Command::Append {
+                stream: stream_name(execution),
+                at_ms: self.clock.now_ms(),
+                entry: serde_json::to_value(event).expect("events serialize"),
+            }])
+            .await?;
+        Ok(applied.first().map_or(0, |a| a.index))
     }
 
     /// Journals a step that will never run after a critical failure.
-    fn skip_if_pending(
+    async fn skip_if_pending(
         &self,
         execution: &str,
         step: usize,
@@ -162,14 +170,15 @@ impl<R: StepRunner> Executor<R> {
     ) -> Result<(), ExecutorError> {
         if !state.is_terminal() {
             let reason = STOPPED.into();
-            self.append(execution, &Event::StepSkipped { step, reason })?;
+            self.append(execution, &Event::StepSkipped { step, reason })
+                .await?;
             *state = StepState::Skipped;
         }
         Ok(())
     }
 
     /// Records an operator's approval of an approval step.
-    pub fn approve(
+    pub async fn approve(
         &self,
         execution: &str,
         graph: &ExecutionGraph,
@@ -177,13 +186,16 @@ impl<R: StepRunner> Executor<R> {
         by: &str,
     ) -> Result<(), ExecutorError> {
         match self.states(execution, graph)?.get(step) {
-            Some(StepState::AwaitingApproval) => self.append(
-                execution,
-                &Event::ApprovalGranted {
-                    step,
-                    by: by.to_owned(),
-                },
-            ),
+            Some(StepState::AwaitingApproval) => self
+                .append(
+                    execution,
+                    &Event::ApprovalGranted {
+                        step,
+                        by: by.to_owned(),
+                    },
+                )
+                .await
+                .map(drop),
             _ => Err(ExecutorError::NotAwaitingApproval {
                 execution: execution.into(),
                 step,
@@ -202,20 +214,23 @@ impl<R: StepRunner> Executor<R> {
         let digest = hex_sha256(&serde_json::to_vec(&*graph).expect("graphs serialize"));
         let events = self.events(execution)?;
         match events.first() {
-            None => self.append(
-                execution,
-                &Event::ExecutionStarted {
-                    plan: graph.plan.to_string(),
-                    mode: graph.mode.as_str().to_owned(),
-                    steps: graph.steps.len(),
-                    graph_sha256: digest,
-                },
-            )?,
+            None => self
+                .append(
+                    execution,
+                    &Event::ExecutionStarted {
+                        plan: graph.plan.to_string(),
+                        mode: graph.mode.as_str().to_owned(),
+                        steps: graph.steps.len(),
+                        graph_sha256: digest,
+                    },
+                )
+                .await
+                .map(drop)?,
             Some(Event::ExecutionStarted { graph_sha256, .. }) if *graph_sha256 == digest => {
                 if matches!(events.last(), Some(Event::ExecutionFinished { .. })) {
                     return Ok(outcome_of(&graph, &replay(graph.steps.len(), &events)));
                 }
-                self.append(execution, &Event::ExecutionResumed)?;
+                self.append(execution, &Event::ExecutionResumed).await?;
             }
             Some(_) => return Err(ExecutorError::GraphChanged(execution.into())),
         }
@@ -231,7 +246,8 @@ impl<R: StepRunner> Executor<R> {
                 // will never run is settled now, so cleanup can follow it.
                 for step in graph.steps.iter().filter(|s| s.origin != Origin::Cleanup) {
                     if !in_flight.contains(&step.index) {
-                        self.skip_if_pending(execution, step.index, &mut states[step.index])?;
+                        self.skip_if_pending(execution, step.index, &mut states[step.index])
+                            .await?;
                     }
                 }
             }
@@ -248,7 +264,8 @@ impl<R: StepRunner> Executor<R> {
                 match dependencies(&graph, &states, step) {
                     Readiness::Wait => continue,
                     Readiness::Blocked(reason) => {
-                        self.append(execution, &Event::StepSkipped { step: i, reason })?;
+                        self.append(execution, &Event::StepSkipped { step: i, reason })
+                            .await?;
                         states[i] = StepState::Skipped;
                         continue;
                     }
@@ -264,7 +281,8 @@ impl<R: StepRunner> Executor<R> {
                             step: i,
                             message: message.clone(),
                         },
-                    )?;
+                    )
+                    .await?;
                     states[i] = StepState::AwaitingApproval;
                     continue;
                 }
@@ -272,14 +290,16 @@ impl<R: StepRunner> Executor<R> {
                     StepState::Retrying { attempt } => backoff(step, attempt),
                     _ => Duration::ZERO,
                 };
-                self.append(
-                    execution,
-                    &Event::StepStarted {
-                        step: i,
-                        key: step.key.clone(),
-                        attempt,
-                    },
-                )?;
+                let fence = self
+                    .append(
+                        execution,
+                        &Event::StepStarted {
+                            step: i,
+                            key: step.key.clone(),
+                            attempt,
+                        },
+                    )
+                    .await?;
                 states[i] = StepState::Running { attempt };
                 in_flight.insert(i);
                 let (runner, graph, ctx) = (
@@ -289,6 +309,7 @@ impl<R: StepRunner> Executor<R> {
                         execution: execution.to_owned(),
                         mode: graph.mode,
                         attempt,
+                        fence,
                     },
                 );
                 let handle =
@@ -352,7 +373,8 @@ impl<R: StepRunner> Executor<R> {
                             attempt,
                             detail,
                         },
-                    )?;
+                    )
+                    .await?;
                     states[i] = StepState::Succeeded;
                 }
                 Err(failure) => {
@@ -366,7 +388,8 @@ impl<R: StepRunner> Executor<R> {
                             error: failure.message.clone(),
                             is_final,
                         },
-                    )?;
+                    )
+                    .await?;
                     states[i] = if is_final {
                         StepState::Failed {
                             error: failure.message,
@@ -388,7 +411,7 @@ impl<R: StepRunner> Executor<R> {
             return Ok(ExecutionOutcome::AwaitingApproval { steps: awaiting });
         }
         for (i, state) in states.iter_mut().enumerate() {
-            self.skip_if_pending(execution, i, state)?;
+            self.skip_if_pending(execution, i, state).await?;
         }
         let outcome = outcome_of(&graph, &states);
         let label = if outcome == ExecutionOutcome::Succeeded {
@@ -401,7 +424,8 @@ impl<R: StepRunner> Executor<R> {
             &Event::ExecutionFinished {
                 outcome: label.into(),
             },
-        )?;
+        )
+        .await?;
         Ok(outcome)
     }
 }

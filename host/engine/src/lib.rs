@@ -27,6 +27,7 @@ pub mod executor;
 pub mod journal;
 pub mod report;
 pub mod runner;
+pub mod scripts;
 pub mod simulate;
 
 pub use executor::{ExecutionOutcome, Executor, ExecutorError};

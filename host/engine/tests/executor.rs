@@ -15,7 +15,7 @@ use haven_engine::{
     Event, ExecutionOutcome, Executor, StepContext, StepFailure, StepRunner, StepState,
 };
 use haven_plan::{ExecutionGraph, GroupId, Mode, Origin, Plan, StepInstance, VmRef};
-use haven_store::Store;
+use haven_store::{LocalLog, Store};
 
 fn graph(mode: Mode) -> ExecutionGraph {
     let plan = Plan::from_toml(include_str!("../../plan/examples/three-tier.toml")).unwrap();
@@ -47,7 +47,7 @@ fn dry_run(mode: Mode, seed: u64, faults: Faults) -> (ExecutionOutcome, Vec<serd
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         let executor = Executor::new(
-            store.clone(),
+            Arc::new(LocalLog::new(store.clone())),
             Arc::new(SimulatedRunner::new(seed, faults)),
             Clock::starting_at(0),
         );
@@ -136,7 +136,11 @@ fn failover_waits_for_approval_then_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let store = store(&dir);
         let runner = Arc::new(SimulatedRunner::new(5, Faults::default()));
-        let executor = Executor::new(store, runner.clone(), Clock::starting_at(0));
+        let executor = Executor::new(
+            Arc::new(LocalLog::new(store)),
+            runner.clone(),
+            Clock::starting_at(0),
+        );
         let g = graph(Mode::Failover);
         let outcome = executor.run("fo", &g).await.unwrap();
         let ExecutionOutcome::AwaitingApproval { steps } = outcome else {
@@ -147,10 +151,13 @@ fn failover_waits_for_approval_then_resumes() {
         // Nothing that depends on the approval ran.
         assert!(runner.effects().len() < g.steps.len() - 1);
         assert!(
-            executor.approve("fo", &g, approval + 1, "mallory").is_err(),
+            executor
+                .approve("fo", &g, approval + 1, "mallory")
+                .await
+                .is_err(),
             "only waiting steps can be approved"
         );
-        executor.approve("fo", &g, approval, "alice").unwrap();
+        executor.approve("fo", &g, approval, "alice").await.unwrap();
         assert_eq!(
             executor.run("fo", &g).await.unwrap(),
             ExecutionOutcome::Succeeded
@@ -213,7 +220,11 @@ fn group_parallelism_is_respected() {
             now: AtomicUsize::new(0),
             max: AtomicUsize::new(0),
         });
-        let executor = Executor::new(store(&dir), runner.clone(), Clock::starting_at(0));
+        let executor = Executor::new(
+            Arc::new(LocalLog::new(store(&dir))),
+            runner.clone(),
+            Clock::starting_at(0),
+        );
         let g = graph(Mode::Test);
         assert_eq!(g.group_parallelism.get(&GroupId::from("web")), Some(&2));
         assert_eq!(
@@ -241,7 +252,11 @@ fn child_main(store_path: &str) {
         let store = Arc::new(Store::open(std::path::Path::new(store_path)).unwrap());
         let mut runner = SimulatedRunner::new(9, Faults::default());
         runner.step_time = Duration::from_millis(40);
-        let executor = Executor::new(store, Arc::new(runner), Clock::system());
+        let executor = Executor::new(
+            Arc::new(LocalLog::new(store)),
+            Arc::new(runner),
+            Clock::system(),
+        );
         let _ = executor.run("crash", &graph(Mode::Test)).await;
     });
 }
@@ -277,7 +292,11 @@ fn resumes_after_kill_9_without_rerunning_completed_steps() {
         let store = Arc::new(Store::open(&path).unwrap());
         let mut runner = SimulatedRunner::new(9, Faults::default());
         runner.step_time = Duration::from_millis(5);
-        let executor = Executor::new(store, Arc::new(runner), Clock::system());
+        let executor = Executor::new(
+            Arc::new(LocalLog::new(store)),
+            Arc::new(runner),
+            Clock::system(),
+        );
         let outcome = executor.run("crash", &graph(Mode::Test)).await.unwrap();
         (outcome, executor.events("crash").unwrap())
     });
@@ -339,12 +358,17 @@ fn a_panicking_runner_fails_its_step_not_the_executor() {
     let rt = paused_runtime();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let executor = Executor::new(store(&dir), Arc::new(Panicking), Clock::starting_at(0));
+        let executor = Executor::new(
+            Arc::new(LocalLog::new(store(&dir))),
+            Arc::new(Panicking),
+            Clock::starting_at(0),
+        );
         let outcome = executor.run("panic", &graph(Mode::Failover)).await.unwrap();
         let outcome = match outcome {
             ExecutionOutcome::AwaitingApproval { steps } => {
                 executor
                     .approve("panic", &graph(Mode::Failover), steps[0], "alice")
+                    .await
                     .unwrap();
                 executor.run("panic", &graph(Mode::Failover)).await.unwrap()
             }

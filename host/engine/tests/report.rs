@@ -8,7 +8,7 @@ use haven_engine::report::{execution_report, to_html, EvidencePack};
 use haven_engine::simulate::{Faults, SimulatedRunner};
 use haven_engine::{ExecutionOutcome, Executor};
 use haven_plan::{GroupId, Mode, Plan, VmRef};
-use haven_store::Store;
+use haven_store::{LocalLog, Store};
 
 fn run(
     faults: Faults,
@@ -34,7 +34,7 @@ fn run(
         .unwrap();
     let outcome = rt.block_on(async {
         Executor::new(
-            store.clone(),
+            Arc::new(LocalLog::new(store.clone())),
             Arc::new(SimulatedRunner::new(3, faults)),
             Clock::starting_at(1_000),
         )

@@ -20,8 +20,10 @@
 
 mod command;
 mod error;
+mod log;
 mod store;
 
 pub use command::{Applied, Command, Outcome};
 pub use error::StoreError;
+pub use log::{CommandLog, CommitError, LocalLog, Role};
 pub use store::{entry_hash, ChainCheck, Store, StreamEntry, Versioned, GENESIS_HASH};
