@@ -1,0 +1,3 @@
+//! # haven-api
+//!
+//! The web API (work in progress).

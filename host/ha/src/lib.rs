@@ -1,0 +1,3 @@
+//! # haven-ha
+//!
+//! The HA service (work in progress).
