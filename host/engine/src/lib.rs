@@ -26,6 +26,7 @@ pub mod cli;
 pub mod executor;
 pub mod journal;
 pub mod report;
+pub mod resolve;
 pub mod runner;
 pub mod scripts;
 pub mod simulate;
