@@ -10,6 +10,7 @@
 //! their serde form is the JSON form the plugin runtime speaks (kebab-case
 //! field names, variants as `"case"` or `{"case": payload}`).
 
+pub mod fence;
 mod types;
 
 pub use types::*;
