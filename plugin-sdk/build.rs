@@ -1,4 +1,5 @@
-//! Generates the Rust bindings of the WIT contract (`wit/since_v0.1.0`).
+//! Generates the Rust bindings of the WIT contracts: connectors
+//! (`wit/since_v0.1.0`) and scripts (`wit/script/since_v0.1.0`).
 //!
 //! wit-bindgen's `generate!` cannot be used once per world here: every world
 //! exports `haven:connector/connector`, and the per-interface export macros it
@@ -44,25 +45,36 @@ const SHARED: &[(&str, &str)] = &[
     ),
 ];
 
-/// (module, world) of every world of the contract.
-const WORLDS: &[(&str, &str)] = &[
-    ("inventory", "inventory-connector"),
-    ("compute", "compute-connector"),
-    ("storage", "storage-connector"),
+/// (module, world, WIT directory) of every world a plugin or script builds against.
+const WORLDS: &[(&str, &str, &str)] = &[
+    ("inventory", "inventory-connector", CONNECTOR_WIT),
+    ("compute", "compute-connector", CONNECTOR_WIT),
+    ("storage", "storage-connector", CONNECTOR_WIT),
+    ("script", "script", SCRIPT_WIT),
 ];
+
+const CONNECTOR_WIT: &str = "../wit/since_v0.1.0";
+const SCRIPT_WIT: &str = "../wit/script/since_v0.1.0";
 
 const RUNTIME: &str = "::haven_plugin_sdk::__private::wit_bindgen::rt";
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let wit = manifest.join("../wit/since_v0.1.0");
-    println!("cargo:rerun-if-changed={}", wit.display());
+    for dir in [CONNECTOR_WIT, SCRIPT_WIT] {
+        println!("cargo:rerun-if-changed={}", manifest.join(dir).display());
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
 
-    let base = generate(&wit, Some(BASE_WORLD), "base", base_opts());
+    let base = generate(
+        &manifest.join(CONNECTOR_WIT),
+        Some(BASE_WORLD),
+        "base",
+        base_opts(),
+    );
     std::fs::write(out.join("base.rs"), base).unwrap();
 
-    for (module, world) in WORLDS {
+    for (module, world, dir) in WORLDS {
+        let wit = manifest.join(dir);
         let src = generate(&wit, None, world, world_opts(&wit, world, module));
         // Give this world's export macros names of their own.
         let src = src

@@ -11,7 +11,8 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 cargo build --release --target wasm32-wasip2 \
-    -p haven-plugin-example -p haven-plugin-lab -p haven-fixture-hostile
+    -p haven-plugin-example -p haven-plugin-lab -p haven-fixture-hostile \
+    -p haven-script-smoke -p haven-fixture-hostile-script
 
 venv=target/tools/py
 if [ ! -x "$venv/bin/componentize-py" ]; then

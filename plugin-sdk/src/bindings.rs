@@ -9,7 +9,7 @@ pub mod base {
     include!(concat!(env!("OUT_DIR"), "/base.rs"));
 }
 
-/// One module per world of the contract, each with its hidden export macro.
+/// One module per world of the contracts, each with its hidden export macro.
 #[allow(missing_docs, clippy::all)]
 pub mod worlds {
     pub mod inventory {
@@ -20,5 +20,8 @@ pub mod worlds {
     }
     pub mod storage {
         include!(concat!(env!("OUT_DIR"), "/storage.rs"));
+    }
+    pub mod script {
+        include!(concat!(env!("OUT_DIR"), "/script.rs"));
     }
 }

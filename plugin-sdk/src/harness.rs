@@ -18,6 +18,9 @@
 //!
 //! Host state is per thread, and `cargo test` runs each test on its own
 //! thread, so tests do not see each other's secrets or kv.
+//!
+//! A script is tested the same way: call its `Script::run` with a context
+//! from [`script_context`].
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -345,5 +348,27 @@ fn read_chunked(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
             return Some(body);
         }
         body.extend_from_slice(&chunk[..size]);
+    }
+}
+
+/// A context as a test run of a plan-level step gives a script: mode `test`,
+/// attempt 1, no group, VM or recovery point, with `args`. Change fields to
+/// test other cases.
+pub fn script_context(args: &[&str]) -> crate::script::ScriptContext {
+    use crate::script::{Direction, Mode, ScriptContext};
+    ScriptContext {
+        execution: "test-execution".into(),
+        plan: "test-plan".into(),
+        mode: Mode::Test,
+        direction: Direction::ToRecovery,
+        test: true,
+        step: "test-step".into(),
+        group: None,
+        vm: None,
+        recovered_vm: None,
+        recovery_point: None,
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        attempt: 1,
+        fence: 1,
     }
 }

@@ -15,7 +15,9 @@
 //! - error helpers ([`error`]) that map HTTP statuses and parse failures to the
 //!   contract's typed errors;
 //! - a local test harness ([`harness`], native builds only): run your connector
-//!   in `cargo test` against a fake HTTP server, with in-memory secrets and kv.
+//!   in `cargo test` against a fake HTTP server, with in-memory secrets and kv;
+//! - scripts ([`script`]): the [`script::Script`] trait and `export_script!`
+//!   for components a plan step runs (`haven:script@0.1.0`).
 
 // The generated bindings name this crate by its path, in here as in plugins.
 extern crate self as haven_plugin_sdk;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod harness;
 pub mod host;
 pub mod http;
+pub mod script;
 
 pub use capabilities::{
     matches_tags, parse_tag, Compute, Connector, DiskAccess, Inventory, Jobs, Storage, VmSnapshots,

@@ -1,6 +1,6 @@
-//! Script steps: the typed context a script is given, and the seam through
+//! Script steps: the typed context a script is given, the seam through
 //! which WebAssembly scripts run (implemented by the plugin runtime, so the
-//! engine stays free of wasmtime).
+//! engine stays free of wasmtime), and host commands ([`HostCommands`]).
 
 use std::time::Duration;
 
@@ -9,6 +9,13 @@ use haven_plan::{Mode, VmRef};
 use serde::{Deserialize, Serialize};
 
 use crate::runner::StepFailure;
+
+mod host_commands;
+
+pub use host_commands::{
+    context_env, HostCommandError, HostCommands, HostCommandsConfig, EXIT_RETRY,
+    HOST_COMMANDS_FILE, HOST_COMMAND_PATH,
+};
 
 /// Which way a run moves workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

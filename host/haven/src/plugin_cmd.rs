@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use haven_plugin_runtime::{
-    capabilities, package, HavenHome, InstanceState, PluginEngine, PluginEvent, PluginStore,
-    Runtime,
+    capabilities, package, HavenHome, InstanceState, PluginEngine, PluginEvent, PluginKind,
+    PluginStore, Runtime,
 };
 
 /// Plugin commands.
@@ -79,13 +79,22 @@ pub async fn run(cmd: PluginCommand, home: PathBuf) -> Result<()> {
             let store = PluginStore::open(&home.plugins_dir())?;
             let (installed, info) = store.install(&engine, &package)?;
             let caps: Vec<_> = info.capabilities.iter().map(|c| c.interface()).collect();
-            println!(
-                "installed {} {} (WIT {}; capabilities: {})",
-                installed.manifest.id,
-                installed.manifest.version,
-                info.wit_version,
-                caps.join(", ")
-            );
+            match info.kind {
+                PluginKind::Script => println!(
+                    "installed script {} {} (WIT haven:script@{}; plan steps run it with `run-script`, component = \"{}\")",
+                    installed.manifest.id,
+                    installed.manifest.version,
+                    info.wit_version,
+                    installed.manifest.id
+                ),
+                PluginKind::Connector => println!(
+                    "installed {} {} (WIT {}; capabilities: {})",
+                    installed.manifest.id,
+                    installed.manifest.version,
+                    info.wit_version,
+                    caps.join(", ")
+                ),
+            }
         }
         PluginCommand::List { json } => {
             let plugins = PluginStore::open(&home.plugins_dir())?.list()?;
@@ -159,6 +168,7 @@ fn inspect(home: &HavenHome, id: &str, json: bool) -> Result<()> {
     if json {
         let value = serde_json::json!({
             "manifest": m,
+            "kind": info.kind,
             "wit_version": info.wit_version.to_string(),
             "capabilities": info.capabilities,
             "other_exports": info.other_exports,
@@ -173,10 +183,15 @@ fn inspect(home: &HavenHome, id: &str, json: bool) -> Result<()> {
         println!("  {}", m.description);
     }
     println!(
-        "  WIT:             haven:connector@{} (manifest accepts {})",
-        info.wit_version, m.wit
+        "  WIT:             haven:{}@{} (manifest accepts {})",
+        info.kind, info.wit_version, m.wit
     );
-    println!("  capabilities:    {}", caps.join(", "));
+    match info.kind {
+        PluginKind::Script => {
+            println!("  capabilities:    (a script: plan steps run it with `run-script`)")
+        }
+        PluginKind::Connector => println!("  capabilities:    {}", caps.join(", ")),
+    }
     println!("  requested hosts: {}", list_or_none(&m.hosts));
     println!("  secrets:         {}", list_or_none(&m.secrets));
     println!(

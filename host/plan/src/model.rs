@@ -591,7 +591,8 @@ pub enum Action {
     },
     /// Run a WASM component script, sandboxed like plugins.
     RunScript {
-        /// Path of the `.wasm` component, relative to the plan file.
+        /// Id of an installed script component (`haven plugin install`), e.g.
+        /// `pg-check`; see `docs/scripts.md`.
         component: String,
         /// Arguments passed to the script.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -502,11 +502,11 @@ fn verify_step<'a>(
         Action::Probe { check } => verify_check(check, &format!("{apath}.check"), out),
         Action::RunScript { component, .. } => {
             if component.trim().is_empty() {
-                out.error(format!("{apath}.component"), "empty component path");
-            } else if !component.ends_with(".wasm") {
-                out.warn(
+                out.error(format!("{apath}.component"), "empty script id");
+            } else if component.contains('/') || component.ends_with(".wasm") {
+                out.error(
                     format!("{apath}.component"),
-                    format!("{component:?} does not look like a WASM component (.wasm)"),
+                    format!("{component:?} looks like a file; name an installed script by its id (e.g. \"pg-check\"), installed with `haven plugin install`"),
                 );
             }
         }

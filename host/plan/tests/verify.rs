@@ -478,3 +478,30 @@ action = { kind = "power-on" }
     let e = parse_err("description = \"no name\"");
     assert!(e.contains("name"), "{e}");
 }
+
+#[test]
+fn scripts_are_named_by_installed_id_not_by_file() {
+    let found = issues(
+        r#"
+[[pre_steps]]
+name = "By file"
+action = { kind = "run-script", component = "scripts/pg-check.wasm" }
+[[pre_steps]]
+name = "By id"
+action = { kind = "run-script", component = "pg-check" }
+"#,
+    );
+    assert!(
+        has(
+            &found,
+            Severity::Error,
+            "pre_steps.0.action.component",
+            "installed script by its id"
+        ),
+        "{found:?}"
+    );
+    assert!(
+        !found.iter().any(|i| i.path.starts_with("pre_steps.1")),
+        "{found:?}"
+    );
+}

@@ -10,6 +10,43 @@ use crate::hosts::HostPattern;
 /// WIT contract versions this host can load plugins for (see `wit/README.md`).
 pub const SUPPORTED_WIT: &[semver::Version] = &[semver::Version::new(0, 1, 0)];
 
+/// `haven:script` versions this host can run scripts for (`wit/script/`).
+pub const SUPPORTED_SCRIPT_WIT: &[semver::Version] = &[semver::Version::new(0, 1, 0)];
+
+/// What a package's component is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// A connector (`haven:connector` worlds), configured as instances.
+    #[default]
+    Connector,
+    /// A script (`haven:script/script`), run by plan steps (`run-script`).
+    Script,
+}
+
+impl PluginKind {
+    /// The contract versions this host supports for this kind.
+    pub fn supported_wit(self) -> &'static [semver::Version] {
+        match self {
+            PluginKind::Connector => SUPPORTED_WIT,
+            PluginKind::Script => SUPPORTED_SCRIPT_WIT,
+        }
+    }
+
+    fn is_connector(&self) -> bool {
+        *self == PluginKind::Connector
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PluginKind::Connector => "connector",
+            PluginKind::Script => "script",
+        })
+    }
+}
+
 /// The largest memory cap a manifest or an administrator may set.
 pub const MAX_MEMORY_MIB: u64 = 4096;
 
@@ -26,7 +63,11 @@ pub struct Manifest {
     /// One paragraph for people.
     #[serde(default)]
     pub description: String,
-    /// The contract versions the component was built against (`^0.1`).
+    /// `connector` (the default) or `script`.
+    #[serde(default, skip_serializing_if = "PluginKind::is_connector")]
+    pub kind: PluginKind,
+    /// The contract versions the component was built against (`^0.1`): of
+    /// `haven:connector`, or of `haven:script` for a script.
     pub wit: semver::VersionReq,
     /// Path of the component, relative to the manifest.
     pub component: String,
@@ -162,7 +203,8 @@ impl Manifest {
 
     /// The newest supported contract version the manifest accepts.
     pub fn supported_wit(&self) -> Result<semver::Version> {
-        SUPPORTED_WIT
+        self.kind
+            .supported_wit()
             .iter()
             .rev()
             .find(|v| self.wit.matches(v))
@@ -170,7 +212,7 @@ impl Manifest {
             .ok_or_else(|| RuntimeError::UnsupportedWit {
                 plugin: self.id.clone(),
                 wanted: self.wit.to_string(),
-                supported: supported_list(),
+                supported: supported_list(self.kind),
             })
     }
 
@@ -185,9 +227,9 @@ impl Manifest {
     }
 }
 
-/// The supported contract versions, for messages.
-pub(crate) fn supported_list() -> String {
-    SUPPORTED_WIT
+/// The supported contract versions of `kind`, for messages.
+pub(crate) fn supported_list(kind: PluginKind) -> String {
+    kind.supported_wit()
         .iter()
         .map(|v| v.to_string())
         .collect::<Vec<_>>()
@@ -221,6 +263,22 @@ memory_mib = 128
         assert_eq!(m.limits.call_timeout_ms, 30_000);
         assert_eq!(m.supported_wit().unwrap(), semver::Version::new(0, 1, 0));
         assert_eq!(parse(&m.to_toml()).unwrap(), m);
+        assert_eq!(m.kind, PluginKind::Connector);
+        assert!(
+            !m.to_toml().contains("kind"),
+            "connectors keep the old form"
+        );
+    }
+
+    #[test]
+    fn a_script_says_so() {
+        let m = parse(&GOOD.replace("wit = ", "kind = \"script\"\nwit = ")).unwrap();
+        assert_eq!(m.kind, PluginKind::Script);
+        assert_eq!(parse(&m.to_toml()).unwrap(), m);
+        match parse(&GOOD.replace("wit = ", "kind = \"macro\"\nwit = ")) {
+            Err(e) => assert!(e.to_string().contains("macro"), "{e}"),
+            Ok(_) => panic!("unknown kind accepted"),
+        }
     }
 
     fn field_of(text: &str) -> String {

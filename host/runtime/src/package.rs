@@ -2,8 +2,9 @@
 //!
 //! A package is a directory with `plugin.toml` (carrying the component's
 //! sha256) and `plugin.wasm`. Installing verifies the hash, the contract
-//! version, that the component exports a connector and imports only what the
-//! host provides, precompiles it into the cache, and copies the package to
+//! version, that the component exports a connector (or, for `kind =
+//! "script"`, the script world) and imports only what the host provides,
+//! precompiles it into the cache, and copies the package to
 //! `<home>/plugins/<id>/`. One version of a plugin is installed at a time.
 
 use std::path::{Path, PathBuf};
@@ -126,6 +127,16 @@ impl PluginStore {
         }
         let component = engine.load(&manifest.id, &wasm, &actual)?;
         let info = inspect(&manifest.id, engine.engine(), &component)?;
+        if info.kind != manifest.kind {
+            return Err(RuntimeError::config(
+                &manifest_path,
+                "kind",
+                format!(
+                    "is `{}` but the component is a {}; set `kind = \"{}\"`",
+                    manifest.kind, info.kind, info.kind
+                ),
+            ));
+        }
         if !manifest.wit.matches(&info.wit_version) {
             return Err(RuntimeError::UnsupportedWit {
                 plugin: manifest.id.clone(),
@@ -133,7 +144,7 @@ impl PluginStore {
                     "{} (manifest) but the component exports {}",
                     manifest.wit, info.wit_version
                 ),
-                supported: crate::manifest::supported_list(),
+                supported: crate::manifest::supported_list(manifest.kind),
             });
         }
         crate::sandbox::check_imports(engine, &manifest.id, &component)?;
