@@ -69,6 +69,7 @@ fn resolved(home: &TestHome, plugin: &str) -> Arc<ResolvedInstance> {
         allow_hosts: vec![],
         limits: Default::default(),
         tls_ca: None,
+        dirs: Default::default(),
     };
     Arc::new(
         ResolvedInstance::resolve(std::path::Path::new("bench"), "bench", &config, &manifest)

@@ -6,6 +6,9 @@
 //! - [`EvidencePack`]: the journal's entries with their hash chain, the chain
 //!   check and the graph; [`EvidencePack::verify`] re-checks it offline, so an
 //!   auditor can tell that nothing was edited after the fact.
+//! - [`PlanDefinition`]: what a plan will do (groups in recovery order, steps
+//!   per mode, RTO/RPO targets, networks, re-IP), as JSON and printable HTML
+//!   ([`plan_definition_html`]).
 
 use std::fmt::Write as _;
 
@@ -129,7 +132,9 @@ pub fn execution_report(
                 r.detail = format!("approved by {by}");
             }),
             Event::ExecutionFinished { outcome: o } => outcome = o,
-            Event::ExecutionStarted { .. } | Event::ExecutionResumed => {}
+            Event::ExecutionStarted { .. }
+            | Event::ExecutionResumed
+            | Event::CancelRequested { .. } => {}
         }
     }
     Ok(ExecutionReport {
@@ -144,7 +149,8 @@ pub fn execution_report(
     })
 }
 
-fn escape(text: &str) -> String {
+/// Escapes text for HTML.
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -289,5 +295,302 @@ impl EvidencePack {
             });
         }
         Ok(())
+    }
+}
+
+/// One step instance of a mode, as the plan-definition report lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinedStep {
+    /// Position in the mode's graph.
+    pub index: usize,
+    /// Group id (`None` for plan-level steps).
+    pub group: Option<String>,
+    /// Human name.
+    pub name: String,
+    /// Action kind (`create-vm`, `notify`, ...).
+    pub action: String,
+    /// VM acted on.
+    pub vm: Option<String>,
+    /// Whether a failure stops the plan.
+    pub critical: bool,
+    /// Steps it waits for.
+    pub depends_on: Vec<usize>,
+}
+
+/// What one mode runs, or why it cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinedMode {
+    /// Mode.
+    pub mode: String,
+    /// Its steps in execution order (empty when it does not compile).
+    pub steps: Vec<DefinedStep>,
+    /// Why the mode does not compile (a drill without test networks, ...).
+    pub error: Option<String>,
+}
+
+/// A group as defined, in recovery order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinedGroup {
+    /// Position in recovery order (1 = first).
+    pub order: usize,
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Groups that finish first.
+    pub depends_on: Vec<String>,
+    /// Connector instance.
+    pub connector: Option<String>,
+    /// Explicit VMs.
+    pub vms: Vec<String>,
+    /// Tag selectors.
+    pub tags: Vec<String>,
+    /// The VMs it resolved to.
+    pub resolved: Vec<String>,
+    /// Health gates.
+    pub gates: Vec<String>,
+}
+
+/// The plan-definition report: what a plan will do, for review and audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanDefinition {
+    /// Plan id.
+    pub plan: String,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// RTO target, ms.
+    pub rto_ms: Option<u64>,
+    /// RPO target, ms.
+    pub rpo_ms: Option<u64>,
+    /// Recovery point policy (`latest`, `latest before ...`, `point ...`).
+    pub recovery_point: String,
+    /// Network mappings: `(production, recovery, test)`.
+    pub networks: Vec<(String, String, Option<String>)>,
+    /// Re-IP rules as text (`10.0.10.0/24 → 172.16.10.0/24 via 172.16.10.1`).
+    pub re_ip: Vec<String>,
+    /// Groups in recovery order.
+    pub groups: Vec<DefinedGroup>,
+    /// Steps per mode.
+    pub modes: Vec<DefinedMode>,
+}
+
+/// Builds the plan-definition report of `plan` with its groups resolved to
+/// `resolved` (see [`haven_plan::Plan::compile`]).
+pub fn plan_definition(
+    plan: &haven_plan::Plan,
+    resolved: &std::collections::BTreeMap<haven_plan::GroupId, Vec<haven_plan::VmRef>>,
+) -> PlanDefinition {
+    use haven_plan::{Mode, RecoveryPoint};
+    let modes: Vec<DefinedMode> = Mode::ALL
+        .iter()
+        .map(|&mode| match plan.compile(mode, resolved) {
+            Ok(graph) => DefinedMode {
+                mode: mode.to_string(),
+                steps: graph
+                    .steps
+                    .iter()
+                    .map(|s| DefinedStep {
+                        index: s.index,
+                        group: s.group.as_ref().map(ToString::to_string),
+                        name: s.name.clone(),
+                        action: s.action.kind().into(),
+                        vm: s.vm.as_ref().map(ToString::to_string),
+                        critical: s.critical,
+                        depends_on: s.depends_on.clone(),
+                    })
+                    .collect(),
+                error: None,
+            },
+            Err(e) => DefinedMode {
+                mode: mode.to_string(),
+                steps: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    // Recovery order: the order groups first appear in the failover graph.
+    let mut order: Vec<String> = Vec::new();
+    if let Some(failover) = modes.iter().find(|m| m.mode == "failover") {
+        for s in &failover.steps {
+            if let Some(g) = &s.group {
+                if !order.contains(g) {
+                    order.push(g.clone());
+                }
+            }
+        }
+    }
+    let position = |id: &str| order.iter().position(|g| g == id).unwrap_or(order.len());
+    let mut groups: Vec<DefinedGroup> = plan
+        .groups
+        .iter()
+        .map(|g| DefinedGroup {
+            order: 0,
+            id: g.id.to_string(),
+            name: g.name.clone(),
+            depends_on: g.depends_on.iter().map(ToString::to_string).collect(),
+            connector: g.connector.clone(),
+            vms: g.vms.clone(),
+            tags: g.tags.iter().map(ToString::to_string).collect(),
+            resolved: resolved
+                .get(&g.id)
+                .map(|v| v.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            gates: g.gates.iter().map(ToString::to_string).collect(),
+        })
+        .collect();
+    groups.sort_by_key(|g| position(&g.id));
+    for (i, g) in groups.iter_mut().enumerate() {
+        g.order = i + 1;
+    }
+    PlanDefinition {
+        plan: plan.id.to_string(),
+        name: plan.name.clone(),
+        description: plan.description.clone(),
+        rto_ms: plan.rto.map(|d| d.as_millis()),
+        rpo_ms: plan.rpo.map(|d| d.as_millis()),
+        recovery_point: match &plan.recovery_point {
+            RecoveryPoint::Latest => "latest".into(),
+            RecoveryPoint::LatestBefore(t) => format!("latest before {t}"),
+            RecoveryPoint::Point(p) => format!("point {p}"),
+        },
+        networks: plan
+            .network_map
+            .iter()
+            .map(|m| (m.production.clone(), m.recovery.clone(), m.test.clone()))
+            .collect(),
+        re_ip: plan
+            .re_ip
+            .iter()
+            .map(|r| {
+                let mut line = format!("{} → {}", r.source, r.target);
+                if let Some(g) = r.gateway {
+                    let _ = write!(line, " via {g}");
+                }
+                if !r.dns.is_empty() {
+                    let dns: Vec<String> = r.dns.iter().map(ToString::to_string).collect();
+                    let _ = write!(line, ", DNS {}", dns.join(", "));
+                }
+                line
+            })
+            .collect(),
+        groups,
+        modes,
+    }
+}
+
+/// The plan-definition report as a self-contained HTML page, laid out for printing.
+pub fn plan_definition_html(d: &PlanDefinition) -> String {
+    let target = |ms: Option<u64>| ms.map_or_else(|| "not set".into(), clock);
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Plan {id}</title>\
+         <style>body{{font:14px system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse;width:100%;margin-bottom:1.5em}}\
+         td,th{{border:1px solid #bbb;padding:4px 6px;text-align:left;vertical-align:top}}\
+         .error{{color:#a11}}h2{{page-break-after:avoid}}@media print{{body{{margin:0}}}}</style></head><body>\
+         <h1>{name}</h1><p>Plan <b>{id}</b>. {description}</p>\
+         <p>RTO target: {rto}. RPO target: {rpo}. Recovery point: {point}.</p>",
+        id = escape(&d.plan),
+        name = escape(&d.name),
+        description = escape(&d.description),
+        rto = target(d.rto_ms),
+        rpo = target(d.rpo_ms),
+        point = escape(&d.recovery_point),
+    );
+    html.push_str("<h2>Networks</h2><table><tr><th>Production</th><th>Recovery</th><th>Test (isolated)</th></tr>");
+    for (p, r, t) in &d.networks {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(p),
+            escape(r),
+            escape(t.as_deref().unwrap_or("—"))
+        );
+    }
+    html.push_str("</table>");
+    if !d.re_ip.is_empty() {
+        html.push_str("<h2>Re-IP</h2><ul>");
+        for r in &d.re_ip {
+            let _ = write!(html, "<li>{}</li>", escape(r));
+        }
+        html.push_str("</ul>");
+    }
+    html.push_str("<h2>Groups in recovery order</h2><table><tr><th>#</th><th>Group</th><th>After</th><th>VMs</th><th>Gates</th></tr>");
+    for g in &d.groups {
+        let mut vms = g.resolved.join(", ");
+        if !g.tags.is_empty() {
+            let _ = write!(vms, " (tags {})", g.tags.join(", "));
+        }
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{} <small>{}</small></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            g.order,
+            escape(&g.name),
+            escape(&g.id),
+            escape(&g.depends_on.join(", ")),
+            escape(&vms),
+            escape(&g.gates.join("; "))
+        );
+    }
+    html.push_str("</table>");
+    for m in &d.modes {
+        let _ = write!(html, "<h2>Mode {}</h2>", escape(&m.mode));
+        if let Some(e) = &m.error {
+            let _ = write!(html, "<p class=\"error\">Cannot run: {}</p>", escape(e));
+            continue;
+        }
+        html.push_str("<table><tr><th>#</th><th>Group</th><th>Step</th><th>Action</th><th>VM</th><th>After</th></tr>");
+        for s in &m.steps {
+            let after: Vec<String> = s.depends_on.iter().map(|i| format!("#{i}")).collect();
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                s.index,
+                escape(s.group.as_deref().unwrap_or("plan")),
+                escape(&s.name),
+                if s.critical { "" } else { " (optional)" },
+                escape(&s.action),
+                escape(s.vm.as_deref().unwrap_or("")),
+                after.join(", ")
+            );
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+#[cfg(test)]
+mod plan_definition_tests {
+    use super::*;
+
+    #[test]
+    fn the_example_plan_is_described_in_recovery_order() {
+        let plan = haven_plan::Plan::from_toml(include_str!("../../plan/examples/three-tier.toml"))
+            .unwrap();
+        let resolved = std::collections::BTreeMap::from([(
+            haven_plan::GroupId::from("app"),
+            vec![haven_plan::VmRef {
+                connector: "vcenter-prod".into(),
+                name: "app-01".into(),
+            }],
+        )]);
+        let d = plan_definition(&plan, &resolved);
+        assert_eq!(d.rpo_ms, Some(15 * 60 * 1000));
+        let order: Vec<&str> = d.groups.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(order.first(), Some(&"db"), "{order:?}");
+        let failover = d.modes.iter().find(|m| m.mode == "failover").unwrap();
+        assert!(failover
+            .steps
+            .iter()
+            .any(|s| s.action == "create-vm" && s.vm.as_deref() == Some("vcenter-prod/app-01")));
+        assert_eq!(d.modes.len(), 5);
+        let html = plan_definition_html(&d);
+        assert!(
+            html.contains("172.16.10.0/24") && html.contains("Mode undo"),
+            "{html}"
+        );
     }
 }

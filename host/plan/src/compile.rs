@@ -6,7 +6,10 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
-use crate::model::{Action, Group, GroupId, HealthCheck, Mode, Plan, PlanId, Step, StepId, VmRef};
+use crate::model::{
+    Action, Group, GroupId, HealthCheck, Mode, NetworkMapping, Plan, PlanId, ReIpRule,
+    RecoveryPoint, Step, StepId, VmRef,
+};
 use crate::PlanError;
 
 /// Where a [`StepInstance`] comes from.
@@ -81,6 +84,28 @@ pub struct ExecutionGraph {
     pub group_parallelism: BTreeMap<GroupId, u32>,
     /// The instances, in topological order.
     pub steps: Vec<StepInstance>,
+    /// What per-VM actions need of the plan: recovery point policy, RPO, network map
+    /// and re-IP rules.
+    #[serde(default)]
+    pub recovery: RecoverySettings,
+}
+
+/// The plan-wide settings that per-VM actions apply, carried by the graph so a runner
+/// needs nothing but the graph.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecoverySettings {
+    /// Which recovery point to restore from.
+    #[serde(default)]
+    pub recovery_point: RecoveryPoint,
+    /// The plan's RPO: the oldest acceptable recovery point.
+    #[serde(default)]
+    pub rpo: Option<HumanDuration>,
+    /// Production network → recovery and test networks.
+    #[serde(default)]
+    pub network_map: Vec<NetworkMapping>,
+    /// Re-IP rules for recovered VMs.
+    #[serde(default)]
+    pub re_ip: Vec<ReIpRule>,
 }
 
 impl ExecutionGraph {
@@ -469,6 +494,12 @@ impl Plan {
                 .filter_map(|g| g.parallelism.map(|p| (g.id.clone(), p)))
                 .collect(),
             steps: b.steps,
+            recovery: RecoverySettings {
+                recovery_point: self.recovery_point.clone(),
+                rpo: self.rpo,
+                network_map: self.network_map.clone(),
+                re_ip: self.re_ip.clone(),
+            },
         })
     }
 

@@ -55,7 +55,7 @@ mod ids;
 mod model;
 mod verify;
 
-pub use compile::{ExecutionGraph, Origin, StepInstance};
+pub use compile::{ExecutionGraph, Origin, RecoverySettings, StepInstance};
 pub use diff::{diff, Change, ChangeKind, GroupChange, PlanDiff, StepChange};
 pub use duration::{DurationError, HumanDuration};
 pub use ids::{is_valid_id, slug};

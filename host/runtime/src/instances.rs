@@ -11,6 +11,10 @@
 //! [instances.vc-prod.limits]
 //! call_timeout_ms = 60000
 //! # tls_ca = "/etc/haven/vc-prod-ca.pem"   (under [instances.vc-prod]: a private CA to trust)
+//! [instances.vc-prod.dirs]
+//! # Granted directories: disk `file` descriptors the plugin answers are
+//! # relative to one of these (absolute host paths, by the name the plugin uses).
+//! lab = "/var/lib/haven-lab"
 //! ```
 
 use std::collections::BTreeMap;
@@ -69,6 +73,11 @@ pub struct InstanceConfig {
     /// besides the public roots (private CAs, self-signed vCenter certificates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+    /// Granted directories by name: host directories that the disk `file`
+    /// descriptors the plugin answers are relative to (the lab connector uses
+    /// `lab`). Only the native transport reads them; the plugin never does.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dirs: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -94,6 +103,23 @@ pub fn load_instances(path: &Path) -> Result<BTreeMap<String, InstanceConfig>> {
                 format!("instances.{name}"),
                 "instance names are 1-64 lower-case letters, digits, `-` or `_`",
             ));
+        }
+        for (dir, granted) in &instance.dirs {
+            let field = format!("instances.{name}.dirs.{dir}");
+            if !is_identifier(dir) {
+                return Err(RuntimeError::config(
+                    path,
+                    field,
+                    "granted directory names are 1-64 lower-case letters, digits, `-` or `_`",
+                ));
+            }
+            if !granted.is_absolute() {
+                return Err(RuntimeError::config(
+                    path,
+                    field,
+                    format!("{} is not an absolute path", granted.display()),
+                ));
+            }
         }
         for (i, host) in instance.allow_hosts.iter().enumerate() {
             HostPattern::parse(host).map_err(|m| {
@@ -135,6 +161,8 @@ pub struct ResolvedInstance {
     pub limits: Limits,
     /// TLS configuration with the instance's own CAs, when it has some.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Granted directories by name (see [`InstanceConfig::dirs`]).
+    pub granted_dirs: BTreeMap<String, PathBuf>,
 }
 
 impl ResolvedInstance {
@@ -212,6 +240,7 @@ impl ResolvedInstance {
             granted_hosts: parse_all(&config.allow_hosts, &field("allow_hosts"))?,
             limits,
             tls,
+            granted_dirs: config.dirs.clone(),
         })
     }
 
@@ -220,5 +249,41 @@ impl ResolvedInstance {
     pub fn http_allowed(&self, host: &str, port: u16) -> bool {
         self.requested_hosts.iter().any(|p| p.matches(host, port))
             && self.granted_hosts.iter().any(|p| p.matches(host, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<BTreeMap<String, InstanceConfig>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("instances.toml");
+        std::fs::write(&path, text).unwrap();
+        load_instances(&path)
+    }
+
+    #[test]
+    fn granted_directories_are_absolute_and_named() {
+        let ok = load(
+            "[instances.lab-dr]\nplugin = \"lab\"\n[instances.lab-dr.dirs]\nlab = \"/srv/lab\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok["lab-dr"].dirs["lab"], PathBuf::from("/srv/lab"));
+        for (text, field) in [
+            (
+                "[instances.x]\nplugin = \"lab\"\n[instances.x.dirs]\nlab = \"relative/dir\"\n",
+                "instances.x.dirs.lab",
+            ),
+            (
+                "[instances.x]\nplugin = \"lab\"\n[instances.x.dirs]\n\"Bad Name\" = \"/srv\"\n",
+                "instances.x.dirs.Bad Name",
+            ),
+        ] {
+            match load(text) {
+                Err(RuntimeError::Config { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 }
