@@ -159,6 +159,7 @@ pub fn run_simulate(args: SimulateArgs) -> anyhow::Result<()> {
                 format!("approve {} (simulated operator)", graph.steps[step].key)
             }
             Event::ApprovalGranted { .. } => continue,
+            Event::CancelRequested { by } => format!("cancel  requested by {by}"),
             Event::ExecutionFinished { outcome } => format!("execution {outcome}"),
         };
         println!("{at}  {line}");

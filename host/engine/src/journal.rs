@@ -76,9 +76,15 @@ pub enum Event {
         /// Who approved.
         by: String,
     },
+    /// An operator cancelled the execution: no new step starts except
+    /// cleanup steps; steps in flight finish.
+    CancelRequested {
+        /// Who cancelled.
+        by: String,
+    },
     /// The execution ended.
     ExecutionFinished {
-        /// `succeeded` or `failed`.
+        /// `succeeded`, `failed` or `cancelled`.
         outcome: String,
     },
 }
@@ -150,6 +156,7 @@ pub fn replay(steps: usize, events: &[Event]) -> Vec<StepState> {
             Event::ApprovalGranted { step, .. } => (*step, StepState::Succeeded),
             Event::ExecutionStarted { .. }
             | Event::ExecutionResumed
+            | Event::CancelRequested { .. }
             | Event::ExecutionFinished { .. } => continue,
         };
         if let Some(slot) = states.get_mut(step) {
@@ -157,6 +164,13 @@ pub fn replay(steps: usize, events: &[Event]) -> Vec<StepState> {
         }
     }
     states
+}
+
+/// Whether the journal holds a cancel request.
+pub fn is_cancelled(events: &[Event]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, Event::CancelRequested { .. }))
 }
 
 /// The stream name of an execution's journal.
