@@ -5,17 +5,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haven_plan::{Action, ExecutionGraph, Origin, StepInstance};
-use haven_store::{Command, CommandLog, CommitError, StoreError};
+use haven_store::{Command, CommandLog, CommitError, Role, StoreError};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
-use crate::journal::{replay, stream_name, Event, StepState};
+use tokio::sync::watch;
+
+use crate::journal::{is_cancelled, replay, stream_name, Event, StepState};
 use crate::runner::{StepContext, StepFailure, StepRunner};
 
 /// Deadline of an attempt whose step sets none.
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);
 /// Why steps are skipped after a critical failure.
 const STOPPED: &str = "the plan stopped after a critical failure";
+/// Why steps are skipped after a cancel request.
+const CANCELLED: &str = "the execution was cancelled";
 /// First retry delay when a step sets none; doubled for each further retry.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -44,6 +48,9 @@ pub enum ExecutorError {
         /// Decoder message.
         message: String,
     },
+    /// `cancel` named an execution that has already finished.
+    #[error("execution `{0}` has already finished")]
+    Finished(String),
     /// `approve` named a step that is not waiting for approval.
     #[error("step {step} of execution `{execution}` is not waiting for approval")]
     NotAwaitingApproval {
@@ -70,6 +77,22 @@ pub enum ExecutionOutcome {
         /// Indices of the approval steps.
         steps: Vec<usize>,
     },
+    /// An operator cancelled the execution ([`Executor::cancel`]); cleanup
+    /// steps ran, nothing else started after the request.
+    Cancelled,
+}
+
+impl ExecutionOutcome {
+    /// The outcome's name in the journal and the API (`succeeded`, `failed`,
+    /// `awaiting-approval`, `cancelled`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed { .. } => "failed",
+            Self::AwaitingApproval { .. } => "awaiting-approval",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// Time as the journal records it: Unix milliseconds, advancing with tokio's
@@ -97,7 +120,8 @@ impl Clock {
         }
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Now, Unix milliseconds.
+    pub fn now_ms(&self) -> u64 {
         self.base_ms + self.start.elapsed().as_millis() as u64
     }
 }
@@ -108,6 +132,9 @@ pub struct Executor {
     log: Arc<dyn CommandLog>,
     runner: Arc<dyn StepRunner>,
     clock: Clock,
+    /// Bumped whenever an operator event (approval, cancel) is journaled, so
+    /// runs in progress re-read their journal instead of waiting for a step.
+    nudge: watch::Sender<u64>,
 }
 
 struct Attempt {
@@ -119,7 +146,16 @@ struct Attempt {
 impl Executor {
     /// An executor journalling through `log`, running steps with `runner`.
     pub fn new(log: Arc<dyn CommandLog>, runner: Arc<dyn StepRunner>, clock: Clock) -> Self {
-        Self { log, runner, clock }
+        Self {
+            log,
+            runner,
+            clock,
+            nudge: watch::Sender::new(0),
+        }
+    }
+
+    fn nudge_runs(&self) {
+        self.nudge.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The journal of an execution.
@@ -147,34 +183,42 @@ impl Executor {
         Ok(replay(graph.steps.len(), &self.events(execution)?))
     }
 
-    /// Commits one journal event; returns its position in the store's
-    /// history (the fencing token of a `step-started` event).
-    async fn append(&self, execution: &str, event: &Event) -> Result<u64, ExecutorError> {
-        let applied = self
-            .log
-            .commit(vec![Command::Append {
-                stream: stream_name(execution),
-                at_ms: self.clock.now_ms(),
-                entry: serde_json::to_value(event).expect("events serialize"),
-            }])
-            .await?;
-        Ok(applied.first().map_or(0, |a| a.index))
+    /// Commits one journal event.
+    async fn append(&self, execution: &str, event: &Event) -> Result<(), ExecutorError> {
+        self.append_all(execution, std::slice::from_ref(event))
+            .await
     }
 
-    /// Journals a step that will never run after a critical failure.
-    async fn skip_if_pending(
-        &self,
-        execution: &str,
-        step: usize,
-        state: &mut StepState,
-    ) -> Result<(), ExecutorError> {
-        if !state.is_terminal() {
-            let reason = STOPPED.into();
-            self.append(execution, &Event::StepSkipped { step, reason })
-                .await?;
-            *state = StepState::Skipped;
+    /// Commits journal events in one write (group commit): every transition
+    /// a scheduling round decides costs one durable write, not one each.
+    async fn append_all(&self, execution: &str, events: &[Event]) -> Result<(), ExecutorError> {
+        if events.is_empty() {
+            return Ok(());
         }
+        let (stream, at_ms) = (stream_name(execution), self.clock.now_ms());
+        let commands = events
+            .iter()
+            .map(|event| Command::Append {
+                stream: stream.clone(),
+                at_ms,
+                entry: serde_json::to_value(event).expect("events serialize"),
+            })
+            .collect();
+        self.log.commit(commands).await?;
         Ok(())
+    }
+
+    /// The fencing token for side effects started now: the primary's term,
+    /// the same for every step this primary runs and higher for any primary
+    /// after it (so concurrent steps never fence each other out).
+    fn fence(&self) -> Result<u64, ExecutorError> {
+        match &*self.log.role().borrow() {
+            Role::Primary { term } => Ok(*term),
+            Role::Follower { primary } => Err(CommitError::NotPrimary {
+                primary: primary.clone(),
+            }
+            .into()),
+        }
     }
 
     /// Records an operator's approval of an approval step.
@@ -195,12 +239,30 @@ impl Executor {
                     },
                 )
                 .await
-                .map(drop),
+                .map(|()| self.nudge_runs()),
             _ => Err(ExecutorError::NotAwaitingApproval {
                 execution: execution.into(),
                 step,
             }),
         }
+    }
+
+    /// Journals an operator's cancel request. A run in progress stops
+    /// starting steps (cleanup steps still run) and finishes `cancelled`; an
+    /// execution that is not being run (waiting for approval, or on a host
+    /// that went down) finishes so on its next [`Executor::run`]. Cancelling
+    /// twice is harmless.
+    pub async fn cancel(&self, execution: &str, by: &str) -> Result<(), ExecutorError> {
+        let events = self.events(execution)?;
+        if matches!(events.last(), Some(Event::ExecutionFinished { .. })) {
+            return Err(ExecutorError::Finished(execution.into()));
+        }
+        if !is_cancelled(&events) {
+            self.append(execution, &Event::CancelRequested { by: by.to_owned() })
+                .await?;
+        }
+        self.nudge_runs();
+        Ok(())
     }
 
     /// Runs (or resumes) `execution` of `graph` until it finishes or waits
@@ -210,12 +272,15 @@ impl Executor {
         execution: &str,
         graph: &ExecutionGraph,
     ) -> Result<ExecutionOutcome, ExecutorError> {
+        // Subscribed before the journal is read: nothing an operator does
+        // after this point goes unnoticed.
+        let mut nudged = self.nudge.subscribe();
         let graph = Arc::new(graph.clone());
         let digest = hex_sha256(&serde_json::to_vec(&*graph).expect("graphs serialize"));
         let events = self.events(execution)?;
         match events.first() {
-            None => self
-                .append(
+            None => {
+                self.append(
                     execution,
                     &Event::ExecutionStarted {
                         plan: graph.plan.to_string(),
@@ -224,36 +289,51 @@ impl Executor {
                         graph_sha256: digest,
                     },
                 )
-                .await
-                .map(drop)?,
+                .await?
+            }
             Some(Event::ExecutionStarted { graph_sha256, .. }) if *graph_sha256 == digest => {
                 if matches!(events.last(), Some(Event::ExecutionFinished { .. })) {
-                    return Ok(outcome_of(&graph, &replay(graph.steps.len(), &events)));
+                    let states = replay(graph.steps.len(), &events);
+                    return Ok(outcome_of(&graph, &states, is_cancelled(&events)));
                 }
                 self.append(execution, &Event::ExecutionResumed).await?;
             }
             Some(_) => return Err(ExecutorError::GraphChanged(execution.into())),
         }
         let mut states = replay(graph.steps.len(), &events);
-        let mut stopping = critical_failure(&graph, &states);
+        let mut cancelled = is_cancelled(&events);
+        let mut stopping = cancelled || critical_failure(&graph, &states);
         let mut in_flight: BTreeSet<usize> = BTreeSet::new();
         let mut tasks: JoinSet<Attempt> = JoinSet::new();
         let mut spawned: HashMap<tokio::task::Id, (usize, u32)> = HashMap::new();
+        // Only steps whose situation changed are looked at again, so a round
+        // costs what changed, not the size of the plan.
+        let dependents = dependents_of(&graph);
+        let everything = || (0..graph.steps.len()).collect::<BTreeSet<usize>>();
+        let mut candidates = everything();
+        let mut capacity_blocked: BTreeSet<usize> = BTreeSet::new();
 
         loop {
-            if stopping {
-                // Nothing but cleanup starts after a critical failure; what
-                // will never run is settled now, so cleanup can follow it.
-                for step in graph.steps.iter().filter(|s| s.origin != Origin::Cleanup) {
-                    if !in_flight.contains(&step.index) {
-                        self.skip_if_pending(execution, step.index, &mut states[step.index])
-                            .await?;
-                    }
-                }
-            }
-            for step in &graph.steps {
-                let i = step.index;
+            // One scheduling round: decide every transition that is possible
+            // now, commit them together, and only then start side effects.
+            let mut journal = Vec::new();
+            let mut starts = Vec::new();
+            let reason = if cancelled { CANCELLED } else { STOPPED };
+            let mut worklist = std::mem::take(&mut candidates);
+            // Ascending indices are a topological order: a step settled in
+            // this round is seen before the steps that depend on it.
+            while let Some(i) = worklist.pop_first() {
+                let step = &graph.steps[i];
                 if in_flight.contains(&i) {
+                    continue;
+                }
+                if stopping && step.origin != Origin::Cleanup {
+                    // Nothing but cleanup starts after a critical failure or
+                    // a cancel; what will never run is settled now, so
+                    // cleanup can follow it.
+                    if skip_if_pending(&mut journal, i, &mut states[i], reason) {
+                        worklist.extend(&dependents[i]);
+                    }
                     continue;
                 }
                 let attempt = match states[i] {
@@ -264,44 +344,41 @@ impl Executor {
                 match dependencies(&graph, &states, step) {
                     Readiness::Wait => continue,
                     Readiness::Blocked(reason) => {
-                        self.append(execution, &Event::StepSkipped { step: i, reason })
-                            .await?;
+                        journal.push(Event::StepSkipped { step: i, reason });
                         states[i] = StepState::Skipped;
+                        worklist.extend(&dependents[i]);
                         continue;
                     }
                     Readiness::Ready => {}
                 }
                 if !has_capacity(&graph, step, &in_flight) {
+                    capacity_blocked.insert(i);
                     continue;
                 }
                 if let Action::Approval { message, .. } = &step.action {
-                    self.append(
-                        execution,
-                        &Event::ApprovalRequested {
-                            step: i,
-                            message: message.clone(),
-                        },
-                    )
-                    .await?;
+                    journal.push(Event::ApprovalRequested {
+                        step: i,
+                        message: message.clone(),
+                    });
                     states[i] = StepState::AwaitingApproval;
                     continue;
                 }
+                journal.push(Event::StepStarted {
+                    step: i,
+                    key: step.key.clone(),
+                    attempt,
+                });
                 let backoff = match states[i] {
                     StepState::Retrying { attempt } => backoff(step, attempt),
                     _ => Duration::ZERO,
                 };
-                let fence = self
-                    .append(
-                        execution,
-                        &Event::StepStarted {
-                            step: i,
-                            key: step.key.clone(),
-                            attempt,
-                        },
-                    )
-                    .await?;
                 states[i] = StepState::Running { attempt };
                 in_flight.insert(i);
+                starts.push((i, attempt, backoff));
+            }
+            let fence = if starts.is_empty() { 0 } else { self.fence()? };
+            self.append_all(execution, &journal).await?;
+            for (i, attempt, backoff) in starts {
                 let (runner, graph, ctx) = (
                     self.runner.clone(),
                     graph.clone(),
@@ -335,73 +412,45 @@ impl Executor {
                 spawned.insert(handle.id(), (i, attempt));
             }
 
-            let Some(joined) = tasks.join_next_with_id().await else {
+            if tasks.is_empty() {
                 break;
-            };
-            // A runner that panics fails its attempt; the executor goes on.
-            let Attempt {
-                step: i,
-                attempt,
-                result,
-            } = match joined {
-                Ok((id, attempt)) => {
-                    spawned.remove(&id);
-                    attempt
-                }
-                Err(error) => {
-                    let (step, attempt) = spawned
-                        .remove(&error.id())
-                        .expect("every task is registered");
-                    Attempt {
-                        step,
-                        attempt,
-                        result: Err(StepFailure::permanent(format!(
-                            "the step runner crashed: {error}"
-                        ))),
-                    }
-                }
-            };
-            in_flight.remove(&i);
-            let step = &graph.steps[i];
-            match result {
-                Ok(detail) => {
-                    tracing::debug!(execution, step = %step.key, attempt, "step succeeded: {detail}");
-                    self.append(
-                        execution,
-                        &Event::StepSucceeded {
-                            step: i,
-                            attempt,
-                            detail,
-                        },
-                    )
-                    .await?;
-                    states[i] = StepState::Succeeded;
-                }
-                Err(failure) => {
-                    let is_final = !failure.retryable || attempt > step.retries;
-                    tracing::warn!(execution, step = %step.key, attempt, is_final, "step failed: {}", failure.message);
-                    self.append(
-                        execution,
-                        &Event::StepFailed {
-                            step: i,
-                            attempt,
-                            error: failure.message.clone(),
-                            is_final,
-                        },
-                    )
-                    .await?;
-                    states[i] = if is_final {
-                        StepState::Failed {
-                            error: failure.message,
-                        }
-                    } else {
-                        StepState::Retrying {
-                            attempt: attempt + 1,
-                        }
-                    };
-                    stopping |= is_final && step.critical;
-                }
             }
+            let joined = tokio::select! {
+                joined = tasks.join_next_with_id() => joined.expect("the set is not empty"),
+                Ok(()) = nudged.changed() => {
+                    // An operator acted while steps run: take approvals and a
+                    // cancel request from the journal, then schedule again.
+                    let events = self.events(execution)?;
+                    cancelled |= is_cancelled(&events);
+                    stopping |= cancelled;
+                    candidates = everything();
+                    for (state, replayed) in states.iter_mut().zip(replay(graph.steps.len(), &events)) {
+                        if *state == StepState::AwaitingApproval && replayed == StepState::Succeeded {
+                            *state = StepState::Succeeded;
+                        }
+                    }
+                    continue;
+                }
+            };
+            // Every attempt that has ended by now is journaled in one write.
+            let mut journal = Vec::new();
+            let mut next = Some(joined);
+            while let Some(joined) = next {
+                let attempt = self.settle(joined, &mut spawned);
+                let i = attempt.step;
+                in_flight.remove(&i);
+                if record(&graph, &mut states, &mut journal, attempt, execution) && !stopping {
+                    stopping = true;
+                    candidates = everything();
+                }
+                // A retry, the steps it unblocks, and those that waited for
+                // a free slot.
+                candidates.insert(i);
+                candidates.extend(&dependents[i]);
+                candidates.append(&mut capacity_blocked);
+                next = tasks.try_join_next_with_id();
+            }
+            self.append_all(execution, &journal).await?;
         }
 
         let awaiting: Vec<usize> = (0..states.len())
@@ -410,24 +459,123 @@ impl Executor {
         if !awaiting.is_empty() && !stopping {
             return Ok(ExecutionOutcome::AwaitingApproval { steps: awaiting });
         }
+        let reason = if cancelled { CANCELLED } else { STOPPED };
+        let mut journal = Vec::new();
         for (i, state) in states.iter_mut().enumerate() {
-            self.skip_if_pending(execution, i, state).await?;
+            skip_if_pending(&mut journal, i, state, reason);
         }
-        let outcome = outcome_of(&graph, &states);
-        let label = if outcome == ExecutionOutcome::Succeeded {
-            "succeeded"
-        } else {
-            "failed"
-        };
-        self.append(
-            execution,
-            &Event::ExecutionFinished {
-                outcome: label.into(),
-            },
-        )
-        .await?;
+        let outcome = outcome_of(&graph, &states, cancelled);
+        journal.push(Event::ExecutionFinished {
+            outcome: outcome.label().into(),
+        });
+        self.append_all(execution, &journal).await?;
         Ok(outcome)
     }
+
+    /// The attempt a finished task carried; a runner that panicked fails its
+    /// attempt and the executor goes on.
+    fn settle(
+        &self,
+        joined: Result<(tokio::task::Id, Attempt), tokio::task::JoinError>,
+        spawned: &mut HashMap<tokio::task::Id, (usize, u32)>,
+    ) -> Attempt {
+        match joined {
+            Ok((id, attempt)) => {
+                spawned.remove(&id);
+                attempt
+            }
+            Err(error) => {
+                let (step, attempt) = spawned
+                    .remove(&error.id())
+                    .expect("every task is registered");
+                Attempt {
+                    step,
+                    attempt,
+                    result: Err(StepFailure::permanent(format!(
+                        "the step runner crashed: {error}"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// Records the end of an attempt in `states` and `journal`; returns whether
+/// it was a critical failure (the plan stops).
+fn record(
+    graph: &ExecutionGraph,
+    states: &mut [StepState],
+    journal: &mut Vec<Event>,
+    Attempt {
+        step: i,
+        attempt,
+        result,
+    }: Attempt,
+    execution: &str,
+) -> bool {
+    let step = &graph.steps[i];
+    match result {
+        Ok(detail) => {
+            tracing::debug!(execution, step = %step.key, attempt, "step succeeded: {detail}");
+            journal.push(Event::StepSucceeded {
+                step: i,
+                attempt,
+                detail,
+            });
+            states[i] = StepState::Succeeded;
+            false
+        }
+        Err(failure) => {
+            let is_final = !failure.retryable || attempt > step.retries;
+            tracing::warn!(execution, step = %step.key, attempt, is_final, "step failed: {}", failure.message);
+            journal.push(Event::StepFailed {
+                step: i,
+                attempt,
+                error: failure.message.clone(),
+                is_final,
+            });
+            states[i] = if is_final {
+                StepState::Failed {
+                    error: failure.message,
+                }
+            } else {
+                StepState::Retrying {
+                    attempt: attempt + 1,
+                }
+            };
+            is_final && step.critical
+        }
+    }
+}
+
+/// Journals a step that will never run after a critical failure or a
+/// cancel; returns whether it did (the step was not over yet).
+fn skip_if_pending(
+    journal: &mut Vec<Event>,
+    step: usize,
+    state: &mut StepState,
+    reason: &str,
+) -> bool {
+    if state.is_terminal() {
+        return false;
+    }
+    journal.push(Event::StepSkipped {
+        step,
+        reason: reason.into(),
+    });
+    *state = StepState::Skipped;
+    true
+}
+
+/// For each step, the steps that depend on it.
+fn dependents_of(graph: &ExecutionGraph) -> Vec<Vec<usize>> {
+    let mut dependents = vec![Vec::new(); graph.steps.len()];
+    for step in &graph.steps {
+        for &d in &step.depends_on {
+            dependents[d].push(step.index);
+        }
+    }
+    dependents
 }
 
 enum Readiness {
@@ -490,17 +638,19 @@ fn critical_failure(graph: &ExecutionGraph, states: &[StepState]) -> bool {
         .any(|(s, step)| step.critical && matches!(s, StepState::Failed { .. }))
 }
 
-fn outcome_of(graph: &ExecutionGraph, states: &[StepState]) -> ExecutionOutcome {
+fn outcome_of(graph: &ExecutionGraph, states: &[StepState], cancelled: bool) -> ExecutionOutcome {
     let failed: Vec<usize> = states
         .iter()
         .zip(&graph.steps)
         .filter(|(s, step)| step.critical && matches!(s, StepState::Failed { .. }))
         .map(|(_, step)| step.index)
         .collect();
-    if failed.is_empty() {
-        ExecutionOutcome::Succeeded
-    } else {
+    if !failed.is_empty() {
         ExecutionOutcome::Failed { failed }
+    } else if cancelled {
+        ExecutionOutcome::Cancelled
+    } else {
+        ExecutionOutcome::Succeeded
     }
 }
 

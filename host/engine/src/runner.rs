@@ -12,10 +12,10 @@ pub struct StepContext {
     pub mode: Mode,
     /// 1 for the first attempt.
     pub attempt: u32,
-    /// Fencing token of this attempt: the store position of its
-    /// `step-started` event. It only grows, across primaries too, so a system
-    /// that remembers the highest token it saw can refuse a deposed primary
-    /// still acting on an older one.
+    /// Fencing token of this attempt: the term of the primary running it.
+    /// Every step of one primary shares it and every later primary's is
+    /// higher, so a system that remembers the highest token it saw refuses a
+    /// deposed primary still acting on an older one.
     pub fence: u64,
 }
 
