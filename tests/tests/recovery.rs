@@ -14,6 +14,7 @@ use haven_engine::executor::Clock;
 use haven_engine::notify::Notifier;
 use haven_engine::readiness::{self, ReadinessChecker, ReadinessOptions};
 use haven_engine::replication::{ProtectRequest, Replicator};
+use haven_engine::report::{execution_report, ExecutionReport};
 use haven_engine::resolve::{ConnectorResolver, Resolver};
 use haven_engine::scripts::HostCommands;
 use haven_engine::{ExecutionOutcome, Executor, StepContext, StepRunner};
@@ -185,6 +186,17 @@ impl World {
         execution: &str,
     ) -> (ExecutionOutcome, Vec<String>) {
         self.run_with(plan, mode, execution, &self.connectors).await
+    }
+
+    /// The report of an execution of `plan` in `mode` that ran already.
+    async fn report(&self, plan: &Plan, mode: Mode, execution: &str) -> ExecutionReport {
+        let resolved = ConnectorResolver::new(self.connectors.clone())
+            .with_catalog(self.log.store().clone())
+            .resolve(plan)
+            .await
+            .unwrap();
+        let graph = plan.compile(mode, &resolved).unwrap();
+        execution_report(self.log.store(), execution, &graph, None).unwrap()
     }
 
     /// Runs `plan` with only `connectors` available to Haven.
@@ -384,6 +396,23 @@ action = { kind = "run-host-command", command = "/bin/sh", args = ["-c", "echo \
         .value;
     assert!(record.stopped, "failover stops replication");
     assert_eq!(record.recovered.as_ref().unwrap().vm_id, recovered.id);
+    let report = w.report(&plan, Mode::Failover, "failover-1").await;
+    let used: Vec<&str> = report
+        .recovery_points
+        .iter()
+        .map(|p| p.vm.as_str())
+        .collect();
+    assert_eq!(used, ["lab-prod/db-01", "lab-prod/web-01"]);
+    let web_point = &report.recovery_points[1];
+    assert_eq!(web_point.point, record.points.last().unwrap().id);
+    assert_eq!(
+        web_point.age_ms,
+        report.started_at_ms - web_point.taken_at_ms,
+        "the achieved RPO is the point's age when the failover started"
+    );
+    assert!(report
+        .measured_rto_ms
+        .is_some_and(|rto| rto <= report.duration_ms));
 
     let (outcome, journal) = w.run(&plan, Mode::Undo, "undo-1").await;
     assert_eq!(outcome, ExecutionOutcome::Succeeded, "{journal:#?}");

@@ -1,8 +1,10 @@
 //! Execution reports and evidence packs, built from the journal.
 //!
 //! - [`ExecutionReport`]: per step its timeline (start, end, attempts,
-//!   outcome), the measured RTO (first event to the end) against the plan's
-//!   target, as JSON ([`serde`]) and as a printable HTML page ([`to_html`]).
+//!   outcome), the measured RTO (start until the last health gate passed)
+//!   against the plan's target, the recovery point used for each VM and its
+//!   age (the RPO achieved) against the plan's RPO, as JSON ([`serde`]) and
+//!   as a printable HTML page ([`to_html`]).
 //! - [`EvidencePack`]: the journal's entries with their hash chain, the chain
 //!   check and the graph; [`EvidencePack::verify`] re-checks it offline, so an
 //!   auditor can tell that nothing was edited after the fact.
@@ -12,10 +14,11 @@
 
 use std::fmt::Write as _;
 
-use haven_plan::ExecutionGraph;
+use haven_plan::{ExecutionGraph, Origin};
 use haven_store::{entry_hash, ChainCheck, Store, StoreError, StreamEntry, GENESIS_HASH};
 use serde::{Deserialize, Serialize};
 
+use crate::connector_runner::{Choice, CHOICES};
 use crate::journal::{stream_name, Event};
 
 /// One step's line in a report.
@@ -52,12 +55,35 @@ pub struct ExecutionReport {
     pub outcome: String,
     /// Unix ms of the first event.
     pub started_at_ms: u64,
-    /// Time from the first to the last event (the measured RTO when the execution succeeded).
+    /// Time from the first to the last event (cleanup included).
     pub duration_ms: u64,
+    /// The measured RTO of a succeeded execution: from its start until the
+    /// last health gate passed (the last recovery step, for plans without
+    /// gates).
+    pub measured_rto_ms: Option<u64>,
     /// The plan's RTO target, ms.
     pub rto_target_ms: Option<u64>,
+    /// The plan's RPO target, ms.
+    pub rpo_target_ms: Option<u64>,
+    /// The recovery point used for each VM, in VM order.
+    pub recovery_points: Vec<PointUsed>,
     /// Steps, in graph order.
     pub steps: Vec<StepReport>,
+}
+
+/// The recovery point an execution restored a VM from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointUsed {
+    /// The production VM (`connector/name`).
+    pub vm: String,
+    /// Recovery point id.
+    pub point: String,
+    /// When the point was captured, Unix ms.
+    pub taken_at_ms: u64,
+    /// Its age when the execution started: the RPO achieved for this VM.
+    pub age_ms: u64,
+    /// Whether it is a planned migration's final sync (no data lost).
+    pub final_sync: bool,
 }
 
 /// Builds the report of `execution` from its journal.
@@ -137,6 +163,9 @@ pub fn execution_report(
             | Event::CancelRequested { .. } => {}
         }
     }
+    let measured_rto_ms = (outcome == "succeeded")
+        .then(|| recovered_at(graph, &steps))
+        .flatten();
     Ok(ExecutionReport {
         execution: execution.into(),
         plan: graph.plan.to_string(),
@@ -144,9 +173,48 @@ pub fn execution_report(
         outcome,
         started_at_ms: start,
         duration_ms: end - start,
+        measured_rto_ms,
         rto_target_ms,
+        rpo_target_ms: graph.recovery.rpo.map(|d| d.as_millis()),
+        recovery_points: points_used(store, execution, start)?,
         steps,
     })
+}
+
+/// When the last health gate passed (or, without gates, the last recovery
+/// step ended), ms after the start.
+fn recovered_at(graph: &ExecutionGraph, steps: &[StepReport]) -> Option<u64> {
+    let end_of = |origins: &[Origin]| {
+        graph
+            .steps
+            .iter()
+            .filter(|s| origins.contains(&s.origin))
+            .filter_map(|s| steps[s.index].finished_ms)
+            .max()
+    };
+    end_of(&[Origin::Gate]).or_else(|| end_of(&[Origin::Builtin]))
+}
+
+/// The points the runner chose for this execution's VMs.
+fn points_used(store: &Store, execution: &str, start: u64) -> Result<Vec<PointUsed>, StoreError> {
+    let prefix = format!("{execution}/");
+    let mut used = Vec::new();
+    for (key, doc) in store.list(CHOICES)? {
+        let Some(vm) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Ok(choice) = serde_json::from_value::<Choice>(doc.value) else {
+            continue;
+        };
+        used.push(PointUsed {
+            vm: vm.to_owned(),
+            point: choice.point.id,
+            taken_at_ms: choice.point.taken_at_ms,
+            age_ms: start.saturating_sub(choice.point.taken_at_ms),
+            final_sync: choice.point.final_sync,
+        });
+    }
+    Ok(used)
 }
 
 /// Escapes text for HTML.
@@ -169,19 +237,27 @@ fn clock(ms: u64) -> String {
 
 /// The report as a self-contained HTML page, laid out for printing.
 pub fn to_html(report: &ExecutionReport) -> String {
-    let rto = match report.rto_target_ms {
-        Some(target) if report.outcome == "succeeded" => format!(
+    let rto = match (report.measured_rto_ms, report.rto_target_ms) {
+        (Some(rto), Some(target)) => format!(
             "{} against a target of {} — {}",
-            clock(report.duration_ms),
+            clock(rto),
             clock(target),
-            if report.duration_ms <= target {
-                "met"
-            } else {
-                "missed"
-            }
+            if rto <= target { "met" } else { "missed" }
         ),
-        Some(target) => format!("not reached (target {})", clock(target)),
-        None => format!("{} (no target set)", clock(report.duration_ms)),
+        (None, Some(target)) => format!("not reached (target {})", clock(target)),
+        (Some(rto), None) => format!("{} (no target set)", clock(rto)),
+        (None, None) => "not reached (no target set)".to_owned(),
+    };
+    let worst = report.recovery_points.iter().map(|p| p.age_ms).max();
+    let rpo = match (worst, report.rpo_target_ms) {
+        (Some(age), Some(target)) => format!(
+            "oldest point used was {} old against a target of {} — {}",
+            clock(age),
+            clock(target),
+            if age <= target { "met" } else { "missed" }
+        ),
+        (Some(age), None) => format!("oldest point used was {} old (no target set)", clock(age)),
+        (None, _) => "no recovery point used".to_owned(),
     };
     let mut html = String::new();
     let _ = write!(
@@ -192,13 +268,31 @@ pub fn to_html(report: &ExecutionReport) -> String {
          .succeeded{{color:#176317}}.failed{{color:#a11}}.skipped,.not-run{{color:#777}}\
          @media print{{body{{margin:0}}}}</style></head><body>\
          <h1>Execution {id}</h1><p>Plan <b>{plan}</b>, mode <b>{mode}</b>: <b class=\"{outcome}\">{outcome}</b></p>\
-         <p>Measured RTO: {rto}</p><table><tr><th>#</th><th>Step</th><th>Outcome</th><th>Attempts</th>\
-         <th>Start</th><th>End</th><th>Detail</th></tr>",
+         <p>Measured RTO: {rto}</p><p>Achieved RPO: {rpo}</p>",
         id = escape(&report.execution),
         plan = escape(&report.plan),
         mode = escape(&report.mode),
         outcome = escape(&report.outcome),
         rto = escape(&rto),
+        rpo = escape(&rpo),
+    );
+    if !report.recovery_points.is_empty() {
+        html.push_str("<table><tr><th>VM</th><th>Recovery point</th><th>Age at start</th></tr>");
+        for p in &report.recovery_points {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}{}</td><td>{}</td></tr>",
+                escape(&p.vm),
+                escape(&p.point),
+                if p.final_sync { " (final sync)" } else { "" },
+                clock(p.age_ms)
+            );
+        }
+        html.push_str("</table><p></p>");
+    }
+    html.push_str(
+        "<table><tr><th>#</th><th>Step</th><th>Outcome</th><th>Attempts</th>\
+         <th>Start</th><th>End</th><th>Detail</th></tr>",
     );
     for s in &report.steps {
         let _ = write!(

@@ -63,7 +63,26 @@ fn report_has_a_timeline_per_step_and_the_measured_rto() {
         .filter_map(|s| s.finished_ms)
         .max()
         .unwrap();
-    assert_eq!(report.duration_ms, last_end, "RTO runs to the last step");
+    assert_eq!(
+        report.duration_ms, last_end,
+        "the duration runs to the last step"
+    );
+    let last_gate = graph
+        .steps
+        .iter()
+        .filter(|s| s.origin == haven_plan::Origin::Gate)
+        .filter_map(|s| report.steps[s.index].finished_ms)
+        .max()
+        .unwrap();
+    assert_eq!(
+        report.measured_rto_ms,
+        Some(last_gate),
+        "the RTO ends when the last health gate passed"
+    );
+    assert!(
+        last_gate < report.duration_ms,
+        "cleanup is not part of the RTO"
+    );
     for s in &report.steps {
         assert!(s.started_ms.unwrap() <= s.finished_ms.unwrap());
     }
@@ -89,6 +108,7 @@ fn a_failed_execution_reports_failures_and_no_rto() {
         .iter()
         .any(|s| s.outcome == "failed" && s.detail.contains("lost")));
     assert!(report.steps.iter().any(|s| s.outcome == "skipped"));
+    assert_eq!(report.measured_rto_ms, None);
     assert!(to_html(&report).contains("not reached"));
 }
 
