@@ -17,7 +17,7 @@ use axum::body::Body;
 use futures_util::StreamExt;
 use haven_api::ApiState;
 use haven_plan::{Mode, Plan};
-use haven_store::{CommandLog, LocalLog, Store};
+
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -302,17 +302,7 @@ impl Client {
                 transport: Transport::Remote(Arc::new(Mutex::new(servers))),
             });
         }
-        std::fs::create_dir_all(home)
-            .with_context(|| format!("cannot create {}", home.display()))?;
-        let path = home.join("state.redb");
-        let store = Store::open(&path).with_context(|| {
-            format!(
-                "cannot open the embedded store {} (if `haven serve` runs on this home, pass --server)",
-                path.display()
-            )
-        })?;
-        let log: Arc<dyn CommandLog> = Arc::new(LocalLog::new(Arc::new(store)));
-        let state = crate::app::assemble(home, log).await?;
+        let state = crate::app::assemble(home, crate::app::open_embedded(home)?).await?;
         Ok(Self {
             token: token(home)?,
             transport: Transport::Embedded(state),

@@ -18,7 +18,7 @@ use haven_engine::resolve::ConnectorResolver;
 use haven_engine::scripts::HostCommands;
 use haven_engine::service::Orchestrator;
 use haven_plugin_runtime::{HavenHome, PluginConnector, Runtime, WasmScriptHost};
-use haven_store::CommandLog;
+use haven_store::{CommandLog, LocalLog, Store};
 use serde_json::Value;
 
 /// Builds the web API (and dashboard) over `log` for the host whose home is
@@ -50,13 +50,31 @@ async fn bootstrap_when_primary(home: PathBuf, log: Arc<dyn CommandLog>, state: 
     }
 }
 
-/// The API's state over `log`, without following the role: the embedded
-/// CLI drives only the executions its command touches.
-pub async fn assemble(home: &Path, log: Arc<dyn CommandLog>) -> anyhow::Result<ApiState> {
-    let runtime = Arc::new(
+/// The embedded state store of `home` (`<home>/state.redb`), for commands
+/// that run without a server. redb allows one process per store, hence the
+/// hint.
+pub fn open_embedded(home: &Path) -> anyhow::Result<Arc<dyn CommandLog>> {
+    std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
+    let path = home.join("state.redb");
+    let store = Store::open(&path).with_context(|| {
+        format!(
+            "cannot open the embedded store {} (if `haven serve` runs on this home, pass --server)",
+            path.display()
+        )
+    })?;
+    Ok(Arc::new(LocalLog::new(Arc::new(store))))
+}
+
+/// The plugin runtime of `home`.
+pub fn plugin_runtime(home: &Path) -> anyhow::Result<Arc<Runtime>> {
+    Ok(Arc::new(
         Runtime::open(HavenHome::new(home), None)
             .with_context(|| format!("cannot load the plugin runtime in {}", home.display()))?,
-    );
+    ))
+}
+
+/// A connector for every configured instance that loads.
+pub fn connectors(runtime: &Arc<Runtime>) -> BTreeMap<String, Arc<dyn Connector>> {
     let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
     for instance in runtime.instances() {
         match PluginConnector::new(runtime.clone(), &instance.name) {
@@ -68,16 +86,60 @@ pub async fn assemble(home: &Path, log: Arc<dyn CommandLog>) -> anyhow::Result<A
             Err(e) => tracing::warn!(instance = %instance.name, "connector instance skipped: {e}"),
         }
     }
-    let notifier = Notifier::load(&home.join(notify::FILE))?;
-    let scripts = Arc::new(WasmScriptHost::new(
-        runtime.engine().clone(),
-        HavenHome::new(home),
-        None,
-    )?);
+    connectors
+}
+
+/// What steps may use on this host: script components, host commands (as
+/// the administrator allowed them) and notification channels.
+pub struct StepServices {
+    /// Runs WebAssembly scripts.
+    pub scripts: Arc<WasmScriptHost>,
+    /// Runs administrator-enabled host commands.
+    pub host_commands: HostCommands,
+    /// Sends notifications.
+    pub notifier: Notifier,
+}
+
+impl StepServices {
+    /// The services configured in `home`.
+    pub fn load(home: &Path, runtime: &Runtime) -> anyhow::Result<Self> {
+        Ok(Self {
+            scripts: Arc::new(WasmScriptHost::new(
+                runtime.engine().clone(),
+                HavenHome::new(home),
+                None,
+            )?),
+            host_commands: HostCommands::in_home(home),
+            notifier: Notifier::load(&home.join(notify::FILE))?,
+        })
+    }
+
+    /// What a readiness check may count on.
+    pub fn readiness_options(&self) -> ReadinessOptions {
+        let scripts = self.scripts.clone();
+        ReadinessOptions {
+            scripts: Some(Arc::new(move |component: &str| {
+                scripts
+                    .installed(component)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })),
+            host_commands: Some(self.host_commands.clone()),
+            notifier: self.notifier.clone(),
+        }
+    }
+}
+
+/// The API's state over `log`, without following the role: the embedded
+/// CLI drives only the executions its command touches.
+pub async fn assemble(home: &Path, log: Arc<dyn CommandLog>) -> anyhow::Result<ApiState> {
+    let runtime = plugin_runtime(home)?;
+    let connectors = connectors(&runtime);
+    let services = StepServices::load(home, &runtime)?;
     let runner = ConnectorRunner::new(log.clone(), connectors.clone(), Arc::new(Replicator::new()))
-        .with_scripts(scripts.clone())
-        .with_host_commands(HostCommands::in_home(home))
-        .with_notifier(notifier.clone());
+        .with_scripts(services.scripts.clone())
+        .with_host_commands(services.host_commands.clone())
+        .with_notifier(services.notifier.clone());
     // The catalog lets a failover resolve VMs while the production site is down.
     let resolver = ConnectorResolver::new(connectors.clone()).with_catalog(log.store().clone());
     let orchestrator = Orchestrator::new(
@@ -89,17 +151,10 @@ pub async fn assemble(home: &Path, log: Arc<dyn CommandLog>) -> anyhow::Result<A
     if log.role().borrow().is_primary() {
         haven_api::bootstrap_admin(&*log, home, orchestrator.now_ms()).await?;
     }
-    let options = ReadinessOptions {
-        scripts: Some(Arc::new(move |component: &str| {
-            scripts
-                .installed(component)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })),
-        host_commands: Some(HostCommands::in_home(home)),
-        notifier,
-    };
-    let readiness = EngineReadiness::new(ReadinessChecker::new(connectors), options);
+    let readiness = EngineReadiness::new(
+        ReadinessChecker::new(connectors),
+        services.readiness_options(),
+    );
     Ok(ApiState::new(
         orchestrator,
         Arc::new(readiness),

@@ -3,21 +3,20 @@
 //! live connectors and the catalog).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use haven_connector::Connector;
 use haven_engine::catalog;
-use haven_engine::notify::{self, Notifier};
-use haven_engine::readiness::{self, ReadinessChecker, ReadinessOptions};
+use haven_engine::readiness::{self, ReadinessChecker};
 use haven_engine::replication::{ProtectRequest, Replicator};
 use haven_engine::resolve::{ConnectorResolver, Resolver};
-use haven_engine::scripts::HostCommands;
 use haven_plan::Plan;
-use haven_plugin_runtime::{HavenHome, PluginConnector, Runtime, WasmScriptHost};
-use haven_store::{CommandLog, LocalLog, Store};
+use haven_store::CommandLog;
+
+use crate::app;
 
 /// Arguments of `haven protect`.
 #[derive(clap::Args)]
@@ -60,31 +59,6 @@ pub struct ReadinessArgs {
     definition_html: Option<PathBuf>,
 }
 
-fn open_log(home: &Path) -> anyhow::Result<Arc<dyn CommandLog>> {
-    std::fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
-    let path = home.join("state.redb");
-    let store = Store::open(&path).with_context(|| {
-        format!(
-            "cannot open the state store {} (is `haven serve` running on this home?)",
-            path.display()
-        )
-    })?;
-    Ok(Arc::new(LocalLog::new(Arc::new(store))))
-}
-
-fn connectors(runtime: &Arc<Runtime>) -> BTreeMap<String, Arc<dyn Connector>> {
-    let mut all: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
-    for summary in runtime.instances() {
-        match PluginConnector::new(runtime.clone(), &summary.name) {
-            Ok(c) => {
-                all.insert(summary.name.clone(), Arc::new(c));
-            }
-            Err(e) => tracing::warn!(instance = %summary.name, "skipped: {e}"),
-        }
-    }
-    all
-}
-
 /// Runs `haven protect`.
 pub async fn run_protect(args: ProtectArgs, home: PathBuf) -> anyhow::Result<()> {
     let mut targets = Vec::new();
@@ -102,7 +76,7 @@ pub async fn run_protect(args: ProtectArgs, home: PathBuf) -> anyhow::Result<()>
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
-    let connectors = connectors(&Arc::new(Runtime::open(HavenHome::new(&home), None)?));
+    let connectors = app::connectors(&app::plugin_runtime(&home)?);
     let needed: BTreeSet<&String> = targets.iter().map(|t| &t.0).chain([&args.to]).collect();
     for name in needed {
         if !connectors.contains_key(name) {
@@ -114,7 +88,7 @@ pub async fn run_protect(args: ProtectArgs, home: PathBuf) -> anyhow::Result<()>
     }
     let repo = std::path::absolute(&args.repo)
         .with_context(|| format!("--repo {}", args.repo.display()))?;
-    let log = open_log(&home)?;
+    let log = app::open_embedded(&home)?;
     // One inventory listing per production connector, however many VMs.
     let mut inventories = BTreeMap::new();
     for connector in targets.iter().map(|t| &t.0).collect::<BTreeSet<_>>() {
@@ -230,30 +204,16 @@ pub async fn run_readiness(args: ReadinessArgs, home: PathBuf) -> anyhow::Result
         .with_context(|| format!("cannot read {}", args.plan.display()))?;
     let plan =
         Plan::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", args.plan.display()))?;
-    let notifier = Notifier::load(&home.join(notify::FILE))?;
-    let log = open_log(&home)?;
+    let log = app::open_embedded(&home)?;
     // The plan document version, when the plan is stored (the API's `plans`).
     let version = log
         .store()
         .get("plans", plan.id.as_str())?
         .map_or(0, |v| v.version);
-    let runtime = Arc::new(Runtime::open(HavenHome::new(&home), None)?);
-    let checker = ReadinessChecker::new(connectors(&runtime));
-    let scripts = Arc::new(WasmScriptHost::new(
-        runtime.engine().clone(),
-        HavenHome::new(&home),
-        None,
-    )?);
-    let options = ReadinessOptions {
-        scripts: Some(Arc::new(move |component: &str| {
-            scripts
-                .installed(component)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })),
-        host_commands: Some(HostCommands::in_home(&home)),
-        notifier,
-    };
+    let runtime = app::plugin_runtime(&home)?;
+    let connectors = app::connectors(&runtime);
+    let options = app::StepServices::load(&home, &runtime)?.readiness_options();
+    let checker = ReadinessChecker::new(connectors.clone());
     let report = checker.check(log.store(), &plan, version, &options).await;
     readiness::record(log.as_ref(), &report).await?;
     let json = serde_json::to_string_pretty(&report)?;
@@ -267,8 +227,7 @@ pub async fn run_readiness(args: ReadinessArgs, home: PathBuf) -> anyhow::Result
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if args.definition_json.is_some() || args.definition_html.is_some() {
-        let resolver =
-            ConnectorResolver::new(connectors(&runtime)).with_catalog(log.store().clone());
+        let resolver = ConnectorResolver::new(connectors).with_catalog(log.store().clone());
         let resolved = resolver.resolve(&plan).await.unwrap_or_default();
         let definition = haven_engine::report::plan_definition(&plan, &resolved);
         if let Some(path) = &args.definition_json {
