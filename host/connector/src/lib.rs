@@ -11,11 +11,13 @@
 //! field names, variants as `"case"` or `{"case": payload}`).
 
 pub mod fence;
+pub mod files;
 mod types;
 
 pub use types::*;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 
@@ -29,6 +31,15 @@ pub trait Connector: Send + Sync {
 
     /// The capabilities the connector exports.
     fn capabilities(&self) -> &BTreeSet<Capability>;
+
+    /// The host directory the administrator granted the instance under
+    /// `name`, which disk `file` descriptors are relative to (not part of the
+    /// WIT contract: plugins never see host paths). Default: none granted.
+    /// [`files::host_path`] resolves a descriptor safely.
+    fn granted_dir(&self, name: &str) -> Option<PathBuf> {
+        let _ = name;
+        None
+    }
 
     /// What the connector is and which settings it takes.
     async fn describe(&self) -> Result<ConnectorInfo>;

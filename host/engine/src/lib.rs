@@ -22,13 +22,22 @@
 //! drives real systems; [`simulate::SimulatedRunner`] injects seeded faults
 //! for dry runs and tests.
 
+pub mod catalog;
 pub mod cli;
+pub mod connector_runner;
 pub mod executor;
+pub mod jobs;
 pub mod journal;
+pub mod network;
+pub mod notify;
+pub mod probe;
+pub mod readiness;
+pub mod replication;
 pub mod report;
 pub mod resolve;
 pub mod runner;
 pub mod scripts;
+pub mod service;
 pub mod simulate;
 
 pub use executor::{ExecutionOutcome, Executor, ExecutorError};

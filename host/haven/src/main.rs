@@ -3,7 +3,12 @@
 //! Every failure ends with one line on stderr saying what is wrong and how to
 //! fix it, and a non-zero exit code (2 for usage errors, 1 otherwise).
 
+mod api_cmd;
+mod app;
+mod ha_cmd;
 mod plugin_cmd;
+mod recovery_cmd;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +49,23 @@ enum Command {
     Replicate(haven_transport::cli::ReplicateArgs),
     /// Inspect, verify, restore and export replicas in a target repository.
     Replica(haven_transport::cli::ReplicaArgs),
+    /// Protect VMs: replicate their disks through their connector into a
+    /// repository as a new recovery point, recorded in the replica catalog.
+    Protect(recovery_cmd::ProtectArgs),
+    /// Check that a plan could run now (connectors, replicas within RPO,
+    /// networks, scripts); writes JSON and printable HTML reports.
+    Readiness(recovery_cmd::ReadinessArgs),
+    /// Run the host: the web API alone, or as a node of an HA cluster.
+    Serve(serve::ServeArgs),
+    /// Operate an HA cluster: status, switchover, forced failover, membership.
+    Ha(ha_cmd::HaArgs),
+    /// Start, follow, approve, cancel and report executions of stored plans
+    /// (through the API; without --server, on the embedded store).
+    Run(api_cmd::RunArgs),
+    /// Create, list and revoke API tokens.
+    Token(api_cmd::TokenArgs),
+    /// Print the audit log of changes made through the API.
+    Audit(api_cmd::AuditArgs),
 }
 
 /// `haven plan ...`: the plan model's commands and the engine's dry run.
@@ -51,6 +73,8 @@ enum Command {
 enum PlanCommand {
     #[command(flatten)]
     Model(haven_plan::cli::PlanCommand),
+    #[command(flatten)]
+    Stored(api_cmd::PlanRemote),
     /// Dry-run a plan against simulated connectors with seeded faults; prints
     /// the timeline and the predicted RTO.
     Simulate(haven_engine::cli::SimulateArgs),
@@ -110,6 +134,14 @@ fn main() -> ExitCode {
             Command::Target(args) => haven_transport::cli::run_target(args).await,
             Command::Replicate(args) => haven_transport::cli::run_replicate(args).await,
             Command::Replica(args) => haven_transport::cli::run_replica(args).await,
+            Command::Protect(args) => recovery_cmd::run_protect(args, home).await,
+            Command::Readiness(args) => recovery_cmd::run_readiness(args, home).await,
+            Command::Serve(args) => serve::run(args, home).await,
+            Command::Ha(args) => ha_cmd::run(args).await,
+            Command::Plan(PlanCommand::Stored(cmd)) => api_cmd::run_plan(cmd, home).await,
+            Command::Run(args) => api_cmd::run_run(args, home).await,
+            Command::Token(args) => api_cmd::run_token(args, home).await,
+            Command::Audit(args) => api_cmd::run_audit(args, home).await,
         }
     });
     match result {

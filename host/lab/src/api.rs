@@ -88,6 +88,33 @@ async fn auth(State(lab): State<Lab>, req: Request, next: Next) -> Response {
     }
 }
 
+/// Fencing: a mutating request with a `haven-fence` token lower than the
+/// highest seen is refused with 409 `fenced`; requests without the header
+/// (operators, tools) are admitted.
+async fn fence(State(lab): State<Lab>, req: Request, next: Next) -> Response {
+    let mutating = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if let (true, Some(value)) = (mutating, req.headers().get(FENCE_HEADER)) {
+        let Some(token) = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
+            return LabError::invalid(FENCE_HEADER, "must be an unsigned integer").into_response();
+        };
+        if let Err(e) = lab.admit_fence(token).await {
+            tracing::warn!("{e}");
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// The header carrying a fencing token (`haven_connector::fence::HEADER`).
+const FENCE_HEADER: &str = "haven-fence";
+
 /// The API's routes over `lab`.
 pub fn router(lab: Lab) -> Router {
     let api = Router::new()
@@ -255,6 +282,7 @@ pub fn router(lab: Lab) -> Router {
                 lab.set_random(req).await.map(|()| StatusCode::NO_CONTENT)
             }),
         )
+        .route_layer(middleware::from_fn_with_state(lab.clone(), fence))
         .route_layer(middleware::from_fn_with_state(lab.clone(), auth));
     Router::new()
         .route(

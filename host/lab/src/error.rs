@@ -13,6 +13,17 @@ pub enum LabError {
     /// The object's state forbids the operation (already powered on, busy, name taken).
     #[error("{0}")]
     Conflict(String),
+    /// The request carries a fencing token lower than one already seen: it
+    /// comes from a deposed primary and must not act.
+    #[error(
+        "fenced: token {presented} is older than {highest}, already seen from a newer primary"
+    )]
+    Fenced {
+        /// The request's token.
+        presented: u64,
+        /// The highest token seen.
+        highest: u64,
+    },
     /// A request field is wrong; `field` is its dotted path (`nics.0.network`).
     #[error("invalid `{field}`: {message}")]
     InvalidInput {
@@ -68,6 +79,7 @@ impl LabError {
         match self {
             Self::NotFound(_) => "not_found",
             Self::Conflict(_) => "conflict",
+            Self::Fenced { .. } => "fenced",
             Self::InvalidInput { .. } => "invalid_input",
             Self::Unauthorized => "unauthorized",
             Self::Unavailable(_) => "unavailable",
@@ -79,7 +91,7 @@ impl LabError {
     pub fn status(&self) -> u16 {
         match self {
             Self::NotFound(_) => 404,
-            Self::Conflict(_) => 409,
+            Self::Conflict(_) | Self::Fenced { .. } => 409,
             Self::InvalidInput { .. } => 400,
             Self::Unauthorized => 401,
             Self::Unavailable(_) => 503,

@@ -1096,6 +1096,26 @@ impl Lab {
         self.commit().await;
     }
 
+    /// Admits a mutating request carrying fencing token `token`: refused if a
+    /// higher token was seen, else remembered (persisted) as the highest.
+    pub async fn admit_fence(&self, token: u64) -> Result<()> {
+        {
+            let mut st = self.lock();
+            if token < st.highest_fence {
+                return Err(LabError::Fenced {
+                    presented: token,
+                    highest: st.highest_fence,
+                });
+            }
+            if token == st.highest_fence {
+                return Ok(());
+            }
+            st.highest_fence = token;
+        }
+        self.commit().await;
+        Ok(())
+    }
+
     /// Fails the next `count` matching operations.
     pub async fn fail_next(&self, req: FailFault) -> Result<()> {
         if req.count == 0 {

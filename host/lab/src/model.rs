@@ -343,6 +343,10 @@ pub struct State {
     pub tasks: BTreeMap<u64, Task>,
     /// Injected faults.
     pub faults: Faults,
+    /// The highest fencing token (`haven-fence` header) a mutating request
+    /// carried; requests with a lower one come from a deposed primary.
+    #[serde(default)]
+    pub highest_fence: u64,
 }
 
 /// The number in an id such as `vm-42`.

@@ -1,7 +1,8 @@
 //! [`haven_connector::Connector`] for a plugin instance: the typed, async view
 //! the plan engine and the transport use, over [`Runtime::call`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ pub struct PluginConnector {
     runtime: Arc<Runtime>,
     instance: String,
     capabilities: BTreeSet<Capability>,
+    granted_dirs: BTreeMap<String, PathBuf>,
 }
 
 impl PluginConnector {
@@ -40,10 +42,12 @@ impl PluginConnector {
                 })
             }
         };
+        let granted_dirs = runtime.granted_dirs(instance)?;
         Ok(Self {
             runtime,
             instance: instance.into(),
             capabilities,
+            granted_dirs,
         })
     }
 
@@ -104,6 +108,10 @@ impl Connector for PluginConnector {
 
     fn capabilities(&self) -> &BTreeSet<Capability> {
         &self.capabilities
+    }
+
+    fn granted_dir(&self, name: &str) -> Option<PathBuf> {
+        self.granted_dirs.get(name).cloned()
     }
 
     async fn describe(&self) -> Result<ConnectorInfo> {

@@ -12,11 +12,13 @@
 //! - [`package`]: packaging, verified install, the installed-plugin directory;
 //! - [`engine`]: the wasmtime engine (pooling, epochs) and the code cache;
 //! - [`capabilities`]: which exported interfaces a component has;
-//! - [`instances`]: `instances.toml`, secrets, limits;
+//! - [`instances`]: `instances.toml`, secrets, limits, granted directories
+//!   (`[instances.<name>.dirs]`, which disk `file` descriptors are relative to);
 //! - [`sandbox`]: a store's host state and linker; `host_api`: `haven:host`;
 //! - [`kv`]: the per-instance durable key-value store; `tls`: HTTPS with an
 //!   instance's own CAs;
 //! - [`runtime`]: instances and calls (JSON in, JSON out);
+//! - [`script`]: [`WasmScriptHost`], script components run by plan steps;
 //! - `connector`: [`PluginConnector`], the typed `haven_connector::Connector`
 //!   the plan engine and the transport use.
 
@@ -33,15 +35,17 @@ pub mod manifest;
 pub mod package;
 pub mod runtime;
 pub mod sandbox;
+pub mod script;
 mod tls;
 
 pub use capabilities::{Capability, ComponentInfo};
 pub use connector::PluginConnector;
 pub use engine::PluginEngine;
 pub use error::{Result, RuntimeError, TrapKind};
-pub use manifest::{Limits, Manifest};
+pub use manifest::{Limits, Manifest, PluginKind};
 pub use package::{InstalledPlugin, PluginStore};
 pub use runtime::{HavenHome, InstanceState, InstanceSummary, Runtime};
+pub use script::WasmScriptHost;
 
 /// Something a plugin instance reported while a call was running.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -28,7 +28,7 @@ use crate::sandbox::{linker, EventSink, HostState};
 
 /// A timer cuts a call this long after its epoch deadline, for guests blocked
 /// in the host (a sleep, a read) where the epoch cannot interrupt them.
-const BLOCKED_GRACE: Duration = Duration::from_millis(50);
+pub(crate) const BLOCKED_GRACE: Duration = Duration::from_millis(50);
 
 /// The directories and files of a Haven home.
 #[derive(Debug, Clone)]
@@ -182,6 +182,16 @@ impl Runtime {
             self.engine
                 .load(&plugin.manifest.id, &plugin.wasm_path(), plugin.sha256())?;
         let info = inspect(&plugin.manifest.id, self.engine.engine(), &component)?;
+        if info.kind != crate::manifest::PluginKind::Connector {
+            return Err(RuntimeError::config(
+                file,
+                format!("instances.{name}.plugin"),
+                format!(
+                    "`{}` is a script, not a connector: plan steps run it (`run-script`); grant it hosts and secrets in scripts.toml",
+                    config.plugin
+                ),
+            ));
+        }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             RuntimeError::InvalidComponent {
                 plugin: plugin.manifest.id.clone(),
@@ -232,6 +242,11 @@ impl Runtime {
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+
+    /// The directories granted to `instance` (`[instances.<name>.dirs]`), by name.
+    pub fn granted_dirs(&self, instance: &str) -> Result<BTreeMap<String, PathBuf>> {
+        Ok(self.slot(instance)?.resolved.granted_dirs.clone())
     }
 
     /// How many times the instance was instantiated (a fresh instance after a
@@ -377,7 +392,7 @@ impl Runtime {
 }
 
 /// Sets the store's deadline for the next call.
-fn arm(store: &mut Store<HostState>, function: &str, timeout: Duration) {
+pub(crate) fn arm(store: &mut Store<HostState>, function: &str, timeout: Duration) {
     store
         .data_mut()
         .begin_call(function, Instant::now() + timeout);

@@ -85,6 +85,7 @@ impl HostState {
             policy: HttpPolicy {
                 instance: instance.clone(),
                 deadline: Instant::now(),
+                fence: None,
             },
             limiter: MemoryLimiter {
                 cap_bytes: (instance.limits.memory_mib as usize) << 20,
@@ -108,6 +109,9 @@ impl HostState {
         self.function.clear();
         self.function.push_str(function);
         self.policy.deadline = deadline;
+        // A call made inside `haven_connector::fence::scope` (a step attempt
+        // of the primary) stamps every request it sends with the token.
+        self.policy.fence = haven_connector::fence::current();
         self.limiter.hit = false;
     }
 
@@ -142,6 +146,8 @@ impl WasiHttpView for HostState {
 struct HttpPolicy {
     instance: Arc<ResolvedInstance>,
     deadline: Instant,
+    /// The fencing token of the current call, sent as `haven-fence`.
+    fence: Option<u64>,
 }
 
 type SendResult = wasmtime_wasi_http::Result<(
@@ -152,10 +158,18 @@ type SendResult = wasmtime_wasi_http::Result<(
 impl WasiHttpHooks for HttpPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        mut request: http::Request<wasmtime_wasi_http::WasiBody>,
         options: Option<wasmtime_wasi_http::RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
+        if let Some(token) = self.fence {
+            // Set by the host, never by the guest: a plugin cannot forge or
+            // drop the token of the call it serves.
+            request.headers_mut().insert(
+                haven_connector::fence::HEADER,
+                http::HeaderValue::from(token),
+            );
+        }
         let uri = request.uri();
         let host = uri
             .host()

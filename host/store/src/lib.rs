@@ -21,9 +21,11 @@
 mod command;
 mod error;
 mod log;
+mod replica;
 mod store;
 
 pub use command::{Applied, Command, Outcome};
 pub use error::StoreError;
 pub use log::{CommandLog, CommitError, LocalLog, Role};
+pub use replica::{check_commands_valid, image_replication_value};
 pub use store::{entry_hash, ChainCheck, Store, StreamEntry, Versioned, GENESIS_HASH};

@@ -12,15 +12,15 @@ use crate::command::{Applied, Command, Outcome};
 use crate::error::StoreError;
 
 /// `applied_index` → the index of the last applied command.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `(collection, key)` → version (8 bytes, little-endian) followed by JSON.
-const DOCS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("docs");
+pub(crate) const DOCS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("docs");
 /// `(stream, seq)` → JSON of a [`StreamEntry`].
-const STREAMS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("streams");
+pub(crate) const STREAMS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("streams");
 /// `stream` → last seq (8 bytes, little-endian) followed by the last hash (hex).
-const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("stream_heads");
+pub(crate) const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("stream_heads");
 
-const APPLIED_INDEX: &str = "applied_index";
+pub(crate) const APPLIED_INDEX: &str = "applied_index";
 /// The `prev_hash` of a stream's first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -139,9 +139,106 @@ fn conflict(expected: Option<u64>, found: u64) -> Option<Outcome> {
         .map(|expected| Outcome::Conflict { expected, found })
 }
 
+/// Checks the names every command uses (before anything is applied).
+pub(crate) fn check_commands(commands: &[Command]) -> Result<(), StoreError> {
+    for command in commands {
+        match command {
+            Command::Put {
+                collection, key, ..
+            }
+            | Command::Delete {
+                collection, key, ..
+            } => {
+                check_name("collection", collection)?;
+                check_name("key", key)?;
+            }
+            Command::Append { stream, .. } => check_name("stream", stream)?,
+        }
+    }
+    Ok(())
+}
+
+/// Applies `commands` inside `txn` (names already checked); the caller commits.
+pub(crate) fn apply_in(
+    txn: &redb::WriteTransaction,
+    commands: &[Command],
+) -> Result<Vec<Applied>, StoreError> {
+    let mut results = Vec::with_capacity(commands.len());
+    {
+        let mut meta = txn.open_table(META)?;
+        let mut docs = txn.open_table(DOCS)?;
+        let mut streams = txn.open_table(STREAMS)?;
+        let mut heads = txn.open_table(HEADS)?;
+        let mut index = meta.get(APPLIED_INDEX)?.map_or(0, |v| v.value());
+        for command in commands {
+            index += 1;
+            let outcome = match command {
+                Command::Put {
+                    collection,
+                    key,
+                    value,
+                    expected_version,
+                } => {
+                    let current = current_version(&docs, collection, key)?;
+                    match conflict(*expected_version, current) {
+                        Some(conflict) => conflict,
+                        None => {
+                            let record = encode_doc(current + 1, value);
+                            docs.insert((collection.as_str(), key.as_str()), record.as_slice())?;
+                            Outcome::Version(current + 1)
+                        }
+                    }
+                }
+                Command::Delete {
+                    collection,
+                    key,
+                    expected_version,
+                } => {
+                    let current = current_version(&docs, collection, key)?;
+                    match conflict(*expected_version, current) {
+                        Some(conflict) => conflict,
+                        None => {
+                            docs.remove((collection.as_str(), key.as_str()))?;
+                            Outcome::Version(0)
+                        }
+                    }
+                }
+                Command::Append {
+                    stream,
+                    at_ms,
+                    entry,
+                } => {
+                    let (last_seq, prev_hash) = heads
+                        .get(stream.as_str())?
+                        .map_or((0, GENESIS_HASH.to_owned()), |v| decode_head(v.value()));
+                    let seq = last_seq + 1;
+                    let json = serde_json::to_string(entry).expect("JSON values always serialize");
+                    let hash = entry_hash(&prev_hash, seq, *at_ms, &json);
+                    let stored = StreamEntry {
+                        seq,
+                        at_ms: *at_ms,
+                        entry: entry.clone(),
+                        prev_hash,
+                        hash: hash.clone(),
+                    };
+                    let bytes = serde_json::to_vec(&stored).expect("entries always serialize");
+                    streams.insert((stream.as_str(), seq), bytes.as_slice())?;
+                    let mut head = seq.to_le_bytes().to_vec();
+                    head.extend_from_slice(hash.as_bytes());
+                    heads.insert(stream.as_str(), head.as_slice())?;
+                    Outcome::Appended { seq, hash }
+                }
+            };
+            results.push(Applied { index, outcome });
+        }
+        meta.insert(APPLIED_INDEX, index)?;
+    }
+    Ok(results)
+}
+
 /// Haven's state store.
 pub struct Store {
-    db: Database,
+    pub(crate) db: Database,
     path: PathBuf,
 }
 
@@ -185,95 +282,9 @@ impl Store {
 
     /// Applies commands in order, in one durable transaction: all or none.
     pub fn apply_all(&self, commands: &[Command]) -> Result<Vec<Applied>, StoreError> {
-        for command in commands {
-            match command {
-                Command::Put {
-                    collection, key, ..
-                }
-                | Command::Delete {
-                    collection, key, ..
-                } => {
-                    check_name("collection", collection)?;
-                    check_name("key", key)?;
-                }
-                Command::Append { stream, .. } => check_name("stream", stream)?,
-            }
-        }
+        check_commands(commands)?;
         let txn = self.db.begin_write()?;
-        let mut results = Vec::with_capacity(commands.len());
-        {
-            let mut meta = txn.open_table(META)?;
-            let mut docs = txn.open_table(DOCS)?;
-            let mut streams = txn.open_table(STREAMS)?;
-            let mut heads = txn.open_table(HEADS)?;
-            let mut index = meta.get(APPLIED_INDEX)?.map_or(0, |v| v.value());
-            for command in commands {
-                index += 1;
-                let outcome = match command {
-                    Command::Put {
-                        collection,
-                        key,
-                        value,
-                        expected_version,
-                    } => {
-                        let current = current_version(&docs, collection, key)?;
-                        match conflict(*expected_version, current) {
-                            Some(conflict) => conflict,
-                            None => {
-                                let record = encode_doc(current + 1, value);
-                                docs.insert(
-                                    (collection.as_str(), key.as_str()),
-                                    record.as_slice(),
-                                )?;
-                                Outcome::Version(current + 1)
-                            }
-                        }
-                    }
-                    Command::Delete {
-                        collection,
-                        key,
-                        expected_version,
-                    } => {
-                        let current = current_version(&docs, collection, key)?;
-                        match conflict(*expected_version, current) {
-                            Some(conflict) => conflict,
-                            None => {
-                                docs.remove((collection.as_str(), key.as_str()))?;
-                                Outcome::Version(0)
-                            }
-                        }
-                    }
-                    Command::Append {
-                        stream,
-                        at_ms,
-                        entry,
-                    } => {
-                        let (last_seq, prev_hash) = heads
-                            .get(stream.as_str())?
-                            .map_or((0, GENESIS_HASH.to_owned()), |v| decode_head(v.value()));
-                        let seq = last_seq + 1;
-                        let json =
-                            serde_json::to_string(entry).expect("JSON values always serialize");
-                        let hash = entry_hash(&prev_hash, seq, *at_ms, &json);
-                        let stored = StreamEntry {
-                            seq,
-                            at_ms: *at_ms,
-                            entry: entry.clone(),
-                            prev_hash,
-                            hash: hash.clone(),
-                        };
-                        let bytes = serde_json::to_vec(&stored).expect("entries always serialize");
-                        streams.insert((stream.as_str(), seq), bytes.as_slice())?;
-                        let mut head = seq.to_le_bytes().to_vec();
-                        head.extend_from_slice(hash.as_bytes());
-                        heads.insert(stream.as_str(), head.as_slice())?;
-                        Outcome::Appended { seq, hash }
-                    }
-                };
-                results.push(Applied { index, outcome });
-            }
-            meta.insert(APPLIED_INDEX, index)?;
-        }
+        let results = apply_in(&txn, commands)?;
         txn.commit()?;
         Ok(results)
     }
