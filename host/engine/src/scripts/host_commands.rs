@@ -257,6 +257,7 @@ impl HostCommands {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        die_with_the_host(&mut cmd);
         let mut child = spawn(&mut cmd).await.map_err(|e| {
             StepFailure::permanent(format!("host command {command:?} could not start: {e}"))
         })?;
@@ -335,6 +336,27 @@ impl HostCommands {
             )),
         };
         Err(failure)
+    }
+}
+
+/// Makes the program die (SIGKILL) when the host process dies. A host that
+/// is killed or loses its primary role must not leave a side effect running
+/// behind its successor's back: the new primary runs the step again.
+fn die_with_the_host(cmd: &mut tokio::process::Command) {
+    let host = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before `exec` and calls
+    // only async-signal-safe functions (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The host may have died between the fork and the prctl.
+            if libc::getppid() != host {
+                return Err(std::io::Error::other("the Haven host exited"));
+            }
+            Ok(())
+        });
     }
 }
 

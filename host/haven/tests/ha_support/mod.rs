@@ -125,6 +125,18 @@ impl Cluster {
     /// Starts `data` data nodes and, with `witness`, one witness (the last
     /// id). `ip_base` keeps concurrent tests on different addresses.
     pub async fn start(data: usize, witness: bool, ip_base: u8, extra_config: &str) -> Self {
+        Self::start_with(data, witness, ip_base, extra_config, |_| {}).await
+    }
+
+    /// Like [`Cluster::start`], with `prepare` called on each node's home
+    /// (created) before its process first starts.
+    pub async fn start_with(
+        data: usize,
+        witness: bool,
+        ip_base: u8,
+        extra_config: &str,
+        prepare: impl Fn(&Node),
+    ) -> Self {
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var_os("HA_TEST_KEEP").is_some() {
             dir.disable_cleanup(true);
@@ -163,6 +175,10 @@ impl Cluster {
             nodes,
             client: ClusterClient::new(SECRET),
         };
+        for node in &cluster.nodes {
+            std::fs::create_dir_all(&node.home).unwrap();
+            prepare(node);
+        }
         for id in 1..=count as u64 {
             cluster.spawn(id);
         }
