@@ -12,6 +12,7 @@ use haven_engine::catalog;
 use haven_engine::connector_runner::{ConnectorRunner, RunnerConfig, RECOVERED};
 use haven_engine::executor::Clock;
 use haven_engine::notify::Notifier;
+use haven_engine::protection::{self, Policy, Protector, Target};
 use haven_engine::readiness::{self, ReadinessChecker, ReadinessOptions};
 use haven_engine::replication::{ProtectRequest, Replicator};
 use haven_engine::report::{execution_report, ExecutionReport};
@@ -730,4 +731,177 @@ async fn a_failed_drill_still_cleans_up_everything() {
     assert!(text.contains("deleted db-01-test-"), "{text}");
     assert!(w.site_vms("dr").is_empty(), "{:?}", w.site_vms("dr"));
     assert!(w.images().is_empty(), "{:?}", w.images());
+}
+
+/// The embedded log over the world's store with a role the test sets, as
+/// the HA cluster would (a follower's commits are refused).
+struct SwitchableLog {
+    local: LocalLog,
+    role: tokio::sync::watch::Sender<haven_store::Role>,
+}
+
+#[async_trait::async_trait]
+impl CommandLog for SwitchableLog {
+    async fn commit(
+        &self,
+        commands: Vec<haven_store::Command>,
+    ) -> Result<Vec<haven_store::Applied>, haven_store::CommitError> {
+        if let haven_store::Role::Follower { primary } = self.role.borrow().clone() {
+            return Err(haven_store::CommitError::NotPrimary { primary });
+        }
+        self.local.commit(commands).await
+    }
+
+    fn store(&self) -> &Arc<Store> {
+        self.local.store()
+    }
+
+    fn role(&self) -> tokio::sync::watch::Receiver<haven_store::Role> {
+        self.role.subscribe()
+    }
+}
+
+fn target(world: &World, vm: &str) -> Target {
+    Target {
+        vm: haven_plan::VmRef {
+            connector: "lab-prod".into(),
+            name: vm.into(),
+        },
+        recovery_connector: "lab-dr".into(),
+        repository: world.repo(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protector_protects_vms_now_with_one_result_each_in_order() {
+    let world = World::new().await;
+    world.vm("web-01", &[], "10.0.10.11", 0x11).await;
+    world.vm("db-01", &[], "10.0.10.12", 0x12).await;
+    let protector = Protector::new(
+        world.log.clone(),
+        world.connectors.clone(),
+        world.replicator.clone(),
+        Clock::system(),
+    )
+    .with_parallel(2);
+    let targets = [
+        target(&world, "web-01"),
+        target(&world, "missing-vm"),
+        target(&world, "db-01"),
+    ];
+    let done = protector.protect(&targets).await;
+    let names: Vec<String> = done.iter().map(|d| d.vm.name.clone()).collect();
+    assert_eq!(names, ["web-01", "missing-vm", "db-01"]);
+    assert!(done[0].result.is_ok(), "{:?}", done[0].result);
+    let missing = done[1].result.as_ref().unwrap_err().to_string();
+    assert!(missing.contains("missing-vm"), "{missing}");
+    assert!(done[2].result.is_ok(), "{:?}", done[2].result);
+    for vm in ["web-01", "db-01"] {
+        let record = catalog::get(world.log.store(), &target(&world, vm).vm)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{vm} is in the catalog"));
+        assert_eq!(record.value.points.len(), 1);
+        assert_eq!(record.value.recovery_connector, "lab-dr");
+    }
+    assert!(
+        catalog::get(world.log.store(), &target(&world, "missing-vm").vm)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_schedule_runs_on_the_primary_only_and_skips_stopped_vms() {
+    let world = World::new().await;
+    world.vm("web-01", &[], "10.0.10.11", 0x11).await;
+    world.vm("db-01", &[], "10.0.10.12", 0x12).await;
+    // db-01 was failed over: its replication is stopped.
+    world.protect("db-01").await;
+    let db = target(&world, "db-01").vm;
+    let mut stopped = catalog::get(world.log.store(), &db).unwrap().unwrap();
+    stopped.value.stopped = true;
+    world
+        .log
+        .commit(vec![haven_store::Command::Put {
+            collection: catalog::COLLECTION.into(),
+            key: catalog::ReplicaRecord::key(&db),
+            value: serde_json::to_value(&stopped.value).unwrap(),
+            expected_version: Some(stopped.version),
+        }])
+        .await
+        .unwrap();
+    let policies: Vec<Policy> = ["web-01", "db-01"]
+        .iter()
+        .map(|vm| {
+            let t = target(&world, vm);
+            Policy {
+                vm: t.vm,
+                recovery_connector: t.recovery_connector,
+                repository: t.repository,
+                every_ms: Some(protection::MIN_EVERY_MS),
+                created_by: "test".into(),
+                created_at_ms: 0,
+            }
+        })
+        .collect();
+    protection::put_policies(world.log.as_ref(), &policies)
+        .await
+        .unwrap();
+
+    let log = Arc::new(SwitchableLog {
+        local: LocalLog::new(world.log.store().clone()),
+        role: tokio::sync::watch::Sender::new(haven_store::Role::Follower { primary: None }),
+    });
+    let protector = Arc::new(
+        Protector::new(
+            log.clone(),
+            world.connectors.clone(),
+            world.replicator.clone(),
+            Clock::system(),
+        )
+        .with_tick(Duration::from_millis(50)),
+    );
+    let supervisor = protector.supervise();
+    let web = target(&world, "web-01").vm;
+
+    // A follower takes no point, however long it waits.
+    assert!(protector.run_due().await.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(catalog::get(world.log.store(), &web).unwrap().is_none());
+
+    // The primary takes the due point of web-01, not of the stopped db-01.
+    log.role
+        .send_replace(haven_store::Role::Primary { term: 1 });
+    let mut points = 0;
+    for _ in 0..600 {
+        points = catalog::get(world.log.store(), &web)
+            .unwrap()
+            .map_or(0, |r| r.value.points.len());
+        if points > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(points, 1, "the primary ran web-01's schedule");
+    let db_points = catalog::get(world.log.store(), &db).unwrap().unwrap();
+    assert_eq!(db_points.value.points.len(), 1, "a stopped VM is skipped");
+    // Not due again before its interval.
+    assert!(protector.due(Clock::system().now_ms()).unwrap().is_empty());
+    assert_eq!(
+        protector
+            .due(Clock::system().now_ms() + protection::MIN_EVERY_MS)
+            .unwrap()
+            .iter()
+            .map(|p| p.vm.name.as_str())
+            .collect::<Vec<_>>(),
+        ["web-01"]
+    );
+
+    // Demoted: the supervisor stops taking points.
+    log.role
+        .send_replace(haven_store::Role::Follower { primary: None });
+    assert!(protector.run_due().await.is_empty());
+    drop(log);
+    drop(protector);
+    supervisor.abort();
 }

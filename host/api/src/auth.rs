@@ -79,7 +79,7 @@ impl Permission {
         match self {
             Permission::Read => "read",
             Permission::EditPlans => "edit plans (needs role author or admin)",
-            Permission::Operate => "run executions (needs role operator or admin)",
+            Permission::Operate => "run executions or protect VMs (needs role operator or admin)",
             Permission::CheckReadiness => {
                 "run readiness checks (needs role author, operator or admin)"
             }

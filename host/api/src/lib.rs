@@ -12,9 +12,10 @@
 //! - [`follower`]: on a follower node, writes are redirected to the primary
 //!   (307) or refused with 503 + `Retry-After` while no primary is known;
 //!   reads are served locally;
-//! - [`plans`], [`executions`], [`admin`], [`inventory`], [`readiness`]: the
-//!   handlers; executions go through [`haven_engine::service::Orchestrator`]
-//!   (shared with the CLI's embedded mode);
+//! - [`plans`], [`executions`], [`admin`], [`inventory`], [`readiness`],
+//!   [`protections`]: the handlers; executions go through
+//!   [`haven_engine::service::Orchestrator`] (shared with the CLI's embedded
+//!   mode), protection through a [`Protection`] (the engine's `Protector`);
 //! - [`dashboard`]: the static web dashboard.
 
 #![deny(missing_docs)]
@@ -29,6 +30,7 @@ pub mod follower;
 pub mod inventory;
 pub mod openapi;
 pub mod plans;
+pub mod protections;
 pub mod readiness;
 pub mod routes;
 
@@ -42,6 +44,7 @@ use haven_store::CommandLog;
 pub use auth::{bootstrap_admin, Caller, Permission, Role};
 pub use error::ApiError;
 pub use inventory::Inventory;
+pub use protections::Protection;
 pub use readiness::{EngineReadiness, ReadinessCheck};
 
 /// Everything the handlers share.
@@ -54,21 +57,24 @@ struct Inner {
     orchestrator: Arc<Orchestrator>,
     readiness: Arc<dyn ReadinessCheck>,
     inventory: Arc<dyn Inventory>,
+    protection: Arc<dyn Protection>,
 }
 
 impl ApiState {
     /// State over an orchestrator (which holds the command log), a readiness
-    /// checker and the connector inventory.
+    /// checker, the connector inventory and what protects VMs.
     pub fn new(
         orchestrator: Arc<Orchestrator>,
         readiness: Arc<dyn ReadinessCheck>,
         inventory: Arc<dyn Inventory>,
+        protection: Arc<dyn Protection>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 orchestrator,
                 readiness,
                 inventory,
+                protection,
             }),
         }
     }

@@ -7,7 +7,8 @@ use axum::Router;
 
 use crate::error::{self, ApiError};
 use crate::{
-    admin, dashboard, executions, follower, inventory, openapi, plans, readiness, ApiState,
+    admin, dashboard, executions, follower, inventory, openapi, plans, protections, readiness,
+    ApiState,
 };
 
 /// Who may call an operation.
@@ -102,6 +103,9 @@ pub fn table() -> Vec<Route> {
         route(M::GET, "/connectors", "Connector instances configured on this host.", Read, Body::None, &[], "array", get(inventory::connectors)),
         route(M::GET, "/plugins", "Installed connector plugins.", Read, Body::None, &[], "array", get(inventory::plugins)),
         route(M::GET, "/replicas", "Replicas known to the store.", Read, Body::None, &[], "array", get(inventory::replicas)),
+        route(M::POST, "/replicas/protect", "Protect VMs: on the primary, take a new point of each now (one result per VM) and/or store their replication schedule, which the primary runs.", Role("operator"), Body::Json(&["vms: array of <connector>/<vm>", "to: connector instance of the recovery site", "repository: absolute directory on the server", "every?: interval such as 15m (stores a schedule; at least 1m)", "now?: boolean, take a point now (default true)"]), &[], "results (one per VM), schedules", post(protections::protect)),
+        route(M::GET, "/protections", "Replication schedules the primary runs.", Read, Body::None, &[], "array", get(protections::list)),
+        route(M::DELETE, "/protections/{connector}/{vm}", "Stop scheduling a VM's replication (its catalog entry and points stay).", Role("operator"), Body::None, &[], "204", delete(protections::delete)),
         route(M::POST, "/tokens", "Create an API token; its secret is in the answer, once.", Role("admin"), Body::Json(&["name: string", "role: viewer|author|operator|admin", "plan_sets?: array of plan sets (default [\"*\"])"]), &[], "201, token and record", post(admin::create)),
         route(M::GET, "/tokens", "API tokens (without secrets).", Role("admin"), Body::None, &[], "array", get(admin::list)),
         route(M::DELETE, "/tokens/{id}", "Revoke a token.", Role("admin"), Body::None, &[], "204", delete(admin::revoke)),

@@ -650,7 +650,18 @@ fn the_openapi_document_covers_every_route_and_every_route_is_served() {
         );
         // The route is served: whatever the answer, it is not the router's
         // "no such route" or "wrong method".
-        let path = route.path.replace("{id}", "nope");
+        let path = route
+            .path
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "nope"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
         let a = s.call(route.method.as_str(), &path, Some(&s.admin), &[], None);
         let routed = !(a.status == 405 || a.text.contains("no API route"));
         assert!(

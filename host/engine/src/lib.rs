@@ -31,6 +31,7 @@ pub mod journal;
 pub mod network;
 pub mod notify;
 pub mod probe;
+pub mod protection;
 pub mod readiness;
 pub mod replication;
 pub mod report;

@@ -33,6 +33,13 @@ pub struct Connection {
     token: Option<String>,
 }
 
+impl Connection {
+    /// Whether requests go to servers (else the embedded store is used).
+    pub fn is_remote(&self) -> bool {
+        !self.server.is_empty()
+    }
+}
+
 /// `haven plan push|pull|list|rm|readiness` (plans stored on the server).
 #[derive(clap::Subcommand, Debug)]
 pub enum PlanRemote {
@@ -244,7 +251,7 @@ impl Reply {
 }
 
 /// Sends API requests to servers or to the embedded API.
-struct Client {
+pub(crate) struct Client {
     transport: Transport,
     token: String,
 }
@@ -272,7 +279,7 @@ fn origin(url: &str) -> &str {
 }
 
 impl Client {
-    async fn connect(conn: &Connection, home: &Path) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(conn: &Connection, home: &Path) -> anyhow::Result<Self> {
         let token = |home: &Path| -> anyhow::Result<String> {
             if let Some(t) = &conn.token {
                 return Ok(t.trim().to_owned());
@@ -365,13 +372,19 @@ impl Client {
         }
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send("GET", path, None, Vec::new(), Vec::new())
             .await?
             .json()
     }
 
-    async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send("DELETE", path, None, Vec::new(), Vec::new())
+            .await?
+            .ok()
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let (ct, bytes) = match body {
             Some(v) => (Some("application/json"), serde_json::to_vec(&v)?),
             None => (None, Vec::new()),
@@ -544,7 +557,7 @@ fn remote<T>(
 }
 
 /// Percent-encodes a path segment.
-fn encode(segment: &str) -> String {
+pub(crate) fn encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {

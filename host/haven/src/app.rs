@@ -12,6 +12,7 @@ use haven_connector::Connector;
 use haven_engine::connector_runner::ConnectorRunner;
 use haven_engine::executor::Clock;
 use haven_engine::notify::{self, Notifier};
+use haven_engine::protection::Protector;
 use haven_engine::readiness::{ReadinessChecker, ReadinessOptions};
 use haven_engine::replication::Replicator;
 use haven_engine::resolve::ConnectorResolver;
@@ -22,13 +23,14 @@ use haven_store::{CommandLog, LocalLog, Store};
 use serde_json::Value;
 
 /// Builds the web API (and dashboard) over `log` for the host whose home is
-/// `home` and starts following the node's role: executions run only on the
-/// primary, which resumes the unfinished ones; the first node to be primary
-/// over a store without tokens creates the bootstrap admin token in its
-/// `<home>/admin-token`.
+/// `home` and starts following the node's role: executions and replication
+/// schedules run only on the primary, which resumes the unfinished
+/// executions; the first node to be primary over a store without tokens
+/// creates the bootstrap admin token in its `<home>/admin-token`.
 pub async fn build(home: &Path, log: Arc<dyn CommandLog>) -> anyhow::Result<axum::Router> {
-    let state = assemble(home, log.clone()).await?;
+    let (state, protector) = assemble_with_protector(home, log.clone()).await?;
     state.orchestrator().supervise();
+    protector.supervise();
     tokio::spawn(bootstrap_when_primary(home.to_owned(), log, state.clone()));
     Ok(haven_api::router(state))
 }
@@ -133,10 +135,21 @@ impl StepServices {
 /// The API's state over `log`, without following the role: the embedded
 /// CLI drives only the executions its command touches.
 pub async fn assemble(home: &Path, log: Arc<dyn CommandLog>) -> anyhow::Result<ApiState> {
+    Ok(assemble_with_protector(home, log).await?.0)
+}
+
+/// [`assemble`], also handing back the protector (whose schedules
+/// [`build`] runs).
+async fn assemble_with_protector(
+    home: &Path,
+    log: Arc<dyn CommandLog>,
+) -> anyhow::Result<(ApiState, Arc<Protector>)> {
     let runtime = plugin_runtime(home)?;
     let connectors = connectors(&runtime);
     let services = StepServices::load(home, &runtime)?;
-    let runner = ConnectorRunner::new(log.clone(), connectors.clone(), Arc::new(Replicator::new()))
+    // One replicator: one loopback target per repository, whoever replicates.
+    let replicator = Arc::new(Replicator::new());
+    let runner = ConnectorRunner::new(log.clone(), connectors.clone(), replicator.clone())
         .with_scripts(services.scripts.clone())
         .with_host_commands(services.host_commands.clone())
         .with_notifier(services.notifier.clone());
@@ -148,6 +161,13 @@ pub async fn assemble(home: &Path, log: Arc<dyn CommandLog>) -> anyhow::Result<A
         Arc::new(runner),
         Clock::system(),
     );
+    // Through the orchestrator's log, so local commits wake its followers.
+    let protector = Arc::new(Protector::new(
+        orchestrator.log(),
+        connectors.clone(),
+        replicator,
+        Clock::system(),
+    ));
     if log.role().borrow().is_primary() {
         haven_api::bootstrap_admin(&*log, home, orchestrator.now_ms()).await?;
     }
@@ -155,11 +175,13 @@ pub async fn assemble(home: &Path, log: Arc<dyn CommandLog>) -> anyhow::Result<A
         ReadinessChecker::new(connectors),
         services.readiness_options(),
     );
-    Ok(ApiState::new(
+    let state = ApiState::new(
         orchestrator,
         Arc::new(readiness),
         Arc::new(PluginInventory(runtime)),
-    ))
+        protector.clone(),
+    );
+    Ok((state, protector))
 }
 
 /// Connector instances and plugins, from the plugin runtime.

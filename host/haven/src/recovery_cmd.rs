@@ -1,42 +1,53 @@
 //! `haven protect` (replicate lab or vendor VMs into a repository and record
-//! them in the replica catalog) and `haven readiness` (check a plan against
-//! live connectors and the catalog).
+//! them in the replica catalog, through the API or on the embedded store)
+//! and `haven readiness` (check a plan against live connectors and the
+//! catalog).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
-use haven_connector::Connector;
+use anyhow::{anyhow, bail, Context};
 use haven_engine::catalog;
+use haven_engine::executor::Clock;
+use haven_engine::protection::{self, Protector, Target};
 use haven_engine::readiness::{self, ReadinessChecker};
-use haven_engine::replication::{ProtectRequest, Replicator};
+use haven_engine::replication::Replicator;
 use haven_engine::resolve::{ConnectorResolver, Resolver};
-use haven_plan::Plan;
-use haven_store::CommandLog;
+use haven_plan::{Plan, VmRef};
+use serde_json::json;
 
-use crate::app;
+use crate::{api_cmd, app};
 
 /// Arguments of `haven protect`.
 #[derive(clap::Args)]
 pub struct ProtectArgs {
     /// Production VM as `<connector instance>/<vm name>` (repeatable).
-    #[arg(long = "vm", required = true, value_name = "CONNECTOR/VM")]
+    #[arg(long = "vm", value_name = "CONNECTOR/VM", required_unless_present_any = ["list", "remove"])]
     vms: Vec<String>,
     /// Connector instance of the recovery site the VMs are recovered to.
-    #[arg(long, value_name = "CONNECTOR")]
-    to: String,
-    /// Transport repository directory (created if missing).
-    #[arg(long, value_name = "DIR")]
-    repo: PathBuf,
-    /// VMs replicated at once.
+    #[arg(long, value_name = "CONNECTOR", required_unless_present_any = ["list", "remove"])]
+    to: Option<String>,
+    /// Transport repository directory (created if missing; with --server, a
+    /// directory on the server's host, made absolute here).
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["list", "remove"])]
+    repo: Option<PathBuf>,
+    /// VMs replicated at once (without --server; the server replicates 4 at once).
     #[arg(long, default_value_t = 4)]
     parallel: usize,
-    /// Keep protecting: take a new point of every VM this often (`15m`),
-    /// until interrupted. VMs whose replication is stopped are skipped.
+    /// Keep protecting: take a new point of every VM this often (`15m`).
+    /// With --server, stored as a schedule the primary runs; without, this
+    /// command loops until interrupted. VMs whose replication is stopped are skipped.
     #[arg(long, value_name = "DURATION")]
     every: Option<haven_plan::HumanDuration>,
+    /// List the replication schedules instead.
+    #[arg(long, conflicts_with_all = ["vms", "to", "repo", "every", "remove"])]
+    list: bool,
+    /// Remove the replication schedule of a VM (`<connector>/<vm>`); its
+    /// catalog entry and points stay.
+    #[arg(long, value_name = "CONNECTOR/VM", conflicts_with_all = ["vms", "to", "repo", "every"])]
+    remove: Option<String>,
+    #[command(flatten)]
+    conn: api_cmd::Connection,
 }
 
 /// Arguments of `haven readiness`.
@@ -59,59 +70,126 @@ pub struct ReadinessArgs {
     definition_html: Option<PathBuf>,
 }
 
-/// Runs `haven protect`.
+/// Runs `haven protect`: through the API with `--server` (the primary
+/// replicates and runs the schedule), else on the embedded store.
 pub async fn run_protect(args: ProtectArgs, home: PathBuf) -> anyhow::Result<()> {
-    let mut targets = Vec::new();
-    for (i, vm) in args.vms.iter().enumerate() {
-        match vm.split_once('/') {
-            Some((c, n)) if !c.is_empty() && !n.is_empty() => {
-                targets.push((c.to_owned(), n.to_owned()))
-            }
-            _ => bail!(
-                "--vm {vm:?} (#{}): expected <connector>/<vm name>, e.g. lab-prod/web-01",
-                i + 1
-            ),
-        }
+    if args.list {
+        return list_schedules(&args.conn, &home).await;
     }
+    if let Some(vm) = &args.remove {
+        return remove_schedule(&args.conn, &home, vm).await;
+    }
+    let (Some(to), Some(repo)) = (args.to.clone(), args.repo.clone()) else {
+        bail!("--to and --repo are required to protect VMs");
+    };
+    let vms = args
+        .vms
+        .iter()
+        .enumerate()
+        .map(|(i, vm)| {
+            protection::parse_vm(vm, &format!("--vm #{}", i + 1)).map_err(|e| anyhow!("{e}"))
+        })
+        .collect::<anyhow::Result<Vec<VmRef>>>()?;
     if args.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
-    let connectors = app::connectors(&app::plugin_runtime(&home)?);
-    let needed: BTreeSet<&String> = targets.iter().map(|t| &t.0).chain([&args.to]).collect();
-    for name in needed {
-        if !connectors.contains_key(name) {
-            bail!(
-                "connector instance {name:?} is not available (configured and ready: {:?}); see `haven plugin instances`",
-                connectors.keys().collect::<Vec<_>>()
+    let repo = std::path::absolute(&repo).with_context(|| format!("--repo {}", repo.display()))?;
+    if args.conn.is_remote() {
+        protect_remote(&args, &home, &to, &repo).await
+    } else {
+        protect_embedded(&args, &home, vms, to, repo).await
+    }
+}
+
+/// `POST /replicas/protect`; prints one line per VM, and the schedule.
+async fn protect_remote(
+    args: &ProtectArgs,
+    home: &Path,
+    to: &str,
+    repo: &Path,
+) -> anyhow::Result<()> {
+    let client = api_cmd::Client::connect(&args.conn, home).await?;
+    let mut body = json!({"vms": args.vms, "to": to, "repository": repo});
+    if let Some(every) = args.every {
+        body["every"] = json!(every.to_string());
+    }
+    let answer = client.post("/replicas/protect", Some(body)).await?;
+    let mut failed = Vec::new();
+    for r in answer["results"].as_array().into_iter().flatten() {
+        let vm = r["vm"].as_str().unwrap_or_default();
+        if r["ok"].as_bool() == Some(true) {
+            println!(
+                "{vm}: {} disk(s) replicated as {} ({} point(s) in the catalog)",
+                r["disks"],
+                r["point"].as_str().unwrap_or_default(),
+                r["points"]
             );
+        } else {
+            failed.push(format!("{vm}: {}", r["error"].as_str().unwrap_or_default()));
         }
     }
-    let repo = std::path::absolute(&args.repo)
-        .with_context(|| format!("--repo {}", args.repo.display()))?;
-    let log = app::open_embedded(&home)?;
-    // One inventory listing per production connector, however many VMs.
-    let mut inventories = BTreeMap::new();
-    for connector in targets.iter().map(|t| &t.0).collect::<BTreeSet<_>>() {
-        let vms = connectors[connector]
-            .list_vms()
-            .await
-            .with_context(|| format!("listing the VMs of {connector}"))?;
-        inventories.insert(connector.clone(), Arc::new(vms));
+    if let Some(every) = args.every {
+        println!(
+            "schedule stored: a new point of {} VM(s) every {every}, taken by the primary",
+            args.vms.len()
+        );
     }
-    let pass = Pass {
-        log,
-        replicator: Arc::new(Replicator::new()),
-        semaphore: Arc::new(tokio::sync::Semaphore::new(args.parallel)),
+    if !failed.is_empty() {
+        bail!(
+            "{} VM(s) not protected: {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Protects on the embedded store with the engine's [`Protector`]; with
+/// `--every`, again every interval until interrupted.
+async fn protect_embedded(
+    args: &ProtectArgs,
+    home: &Path,
+    vms: Vec<VmRef>,
+    to: String,
+    repo: PathBuf,
+) -> anyhow::Result<()> {
+    let connectors = app::connectors(&app::plugin_runtime(home)?);
+    let known: Vec<String> = connectors.keys().cloned().collect();
+    // This loop is the caller's own process: any `--every` goes.
+    protection::validate(&vms, &to, &repo, None, &known).map_err(|e| {
+        let connectors_hint = "; see `haven plugin instances`";
+        let (option, hint) = match e.field.as_str() {
+            "to" => ("--to".to_owned(), connectors_hint),
+            "repository" => ("--repo".to_owned(), ""),
+            f => match f.strip_prefix("vms.").and_then(|i| i.parse::<usize>().ok()) {
+                Some(i) => (format!("--vm #{}", i + 1), connectors_hint),
+                None => ("--vm".to_owned(), ""),
+            },
+        };
+        anyhow!("{option}: {}{hint}", e.message)
+    })?;
+    let log = app::open_embedded(home)?;
+    let protector = Protector::new(
+        log.clone(),
         connectors,
-        to: args.to,
-        repo,
-    };
+        Arc::new(Replicator::new()),
+        Clock::system(),
+    )
+    .with_parallel(args.parallel);
+    let targets: Vec<Target> = vms
+        .into_iter()
+        .map(|vm| Target {
+            vm,
+            recovery_connector: to.clone(),
+            repository: repo.clone(),
+        })
+        .collect();
     let Some(every) = args.every else {
-        return pass.run(&targets, &inventories).await;
+        return pass(&protector, &targets).await;
     };
     loop {
         let started = tokio::time::Instant::now();
-        if let Err(e) = pass.run(&targets, &inventories).await {
+        if let Err(e) = pass(&protector, &targets).await {
             eprintln!("error: {e:#}");
         }
         tokio::select! {
@@ -121,81 +199,78 @@ pub async fn run_protect(args: ProtectArgs, home: PathBuf) -> anyhow::Result<()>
     }
 }
 
-/// One protection pass over a list of VMs.
-struct Pass {
-    log: Arc<dyn CommandLog>,
-    replicator: Arc<Replicator>,
-    semaphore: Arc<tokio::sync::Semaphore>,
-    connectors: BTreeMap<String, Arc<dyn Connector>>,
-    to: String,
-    repo: PathBuf,
+/// One embedded pass: skips VMs whose replication is stopped, protects the
+/// others, prints one line per VM.
+async fn pass(protector: &Protector, targets: &[Target]) -> anyhow::Result<()> {
+    let store = protector.log().store();
+    let mut live = Vec::new();
+    for t in targets {
+        if catalog::get(store, &t.vm)?.is_some_and(|r| r.value.stopped) {
+            println!(
+                "{}: skipped, its replication is stopped (failed over or migrated)",
+                t.vm
+            );
+        } else {
+            live.push(t.clone());
+        }
+    }
+    let mut failed = Vec::new();
+    for done in protector.protect(&live).await {
+        match done.result {
+            Ok((record, point)) => println!(
+                "{}: {} disk(s) replicated as {} ({} point(s) in the catalog)",
+                done.vm,
+                record.disks.len(),
+                point.id,
+                record.points.len()
+            ),
+            Err(e) => failed.push(format!("{}: {e}", done.vm)),
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} VM(s) not protected: {}",
+            failed.len(),
+            failed.join("; ")
+        );
+    }
+    Ok(())
 }
 
-impl Pass {
-    async fn run(
-        &self,
-        targets: &[(String, String)],
-        inventories: &BTreeMap<String, Arc<Vec<haven_connector::Vm>>>,
-    ) -> anyhow::Result<()> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (connector, name) in targets {
-            let vm = haven_plan::VmRef {
-                connector: connector.clone(),
-                name: name.clone(),
-            };
-            if catalog::get(self.log.store(), &vm)?.is_some_and(|r| r.value.stopped) {
-                println!("{vm}: skipped, its replication is stopped (failed over or migrated)");
-                continue;
-            }
-            let inventory = inventories[connector].clone();
-            let (log, replicator, semaphore) = (
-                self.log.clone(),
-                self.replicator.clone(),
-                self.semaphore.clone(),
-            );
-            let production = self.connectors[connector].clone();
-            let (to, repo, name) = (self.to.clone(), self.repo.clone(), name.clone());
-            tasks.spawn(async move {
-                let _permit = semaphore.acquire().await;
-                let result = replicator
-                    .protect(
-                        log.as_ref(),
-                        ProtectRequest {
-                            production: production.as_ref(),
-                            vm: &name,
-                            recovery_connector: &to,
-                            repository: &repo,
-                            final_sync: false,
-                            job_timeout: Duration::from_secs(300),
-                            inventory: Some(&inventory),
-                        },
-                    )
-                    .await;
-                (vm.to_string(), result)
-            });
-        }
-        let mut failed = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            let (vm, result) = done.context("a replication task failed")?;
-            match result {
-                Ok((record, point)) => println!(
-                    "{vm}: {} disk(s) replicated as {} ({} point(s) in the catalog)",
-                    record.disks.len(),
-                    point.id,
-                    record.points.len()
-                ),
-                Err(e) => failed.push(format!("{vm}: {e}")),
-            }
-        }
-        if !failed.is_empty() {
-            bail!(
-                "{} VM(s) not protected: {}",
-                failed.len(),
-                failed.join("; ")
-            );
-        }
-        Ok(())
+/// `haven protect --list`: the replication schedules.
+async fn list_schedules(conn: &api_cmd::Connection, home: &Path) -> anyhow::Result<()> {
+    let client = api_cmd::Client::connect(conn, home).await?;
+    let schedules = client.get("/protections").await?;
+    println!("{:<32} {:<16} {:<10} REPOSITORY", "VM", "TO", "EVERY");
+    for s in schedules.as_array().into_iter().flatten() {
+        let every = s["every_ms"]
+            .as_u64()
+            .map(|ms| haven_plan::HumanDuration::from_millis(ms).to_string())
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<32} {:<16} {:<10} {}",
+            s["id"].as_str().unwrap_or_default(),
+            s["recovery_connector"].as_str().unwrap_or_default(),
+            every,
+            s["repository"].as_str().unwrap_or_default()
+        );
     }
+    Ok(())
+}
+
+/// `haven protect --remove <connector>/<vm>`.
+async fn remove_schedule(conn: &api_cmd::Connection, home: &Path, vm: &str) -> anyhow::Result<()> {
+    let vm = protection::parse_vm(vm, "--remove").map_err(|e| anyhow!("{e}"))?;
+    let client = api_cmd::Client::connect(conn, home).await?;
+    client
+        .delete(&format!(
+            "/protections/{}/{}",
+            api_cmd::encode(&vm.connector),
+            api_cmd::encode(&vm.name)
+        ))
+        .await?;
+    println!("schedule of {vm} removed; its catalog entry and points stay");
+    Ok(())
 }
 
 /// Runs `haven readiness`; fails (exit 1) when the plan is not ready.

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use haven_api::{ApiState, EngineReadiness, Inventory};
+use haven_api::{ApiState, EngineReadiness, Inventory, Protection};
 use haven_engine::executor::Clock;
+use haven_engine::protection::{ProtectError, Protected, Target};
 use haven_engine::readiness::{ReadinessChecker, ReadinessOptions};
 use haven_engine::resolve::{ResolveError, Resolver};
 use haven_engine::service::Orchestrator;
@@ -69,6 +70,28 @@ impl Inventory for NoPlugins {
     }
     fn plugins(&self) -> Result<Vec<Value>, String> {
         Ok(vec![])
+    }
+}
+
+/// Knows the connector instances of the example plan; there are no plugins
+/// here, so a point taken now fails for each VM (the lab end-to-end tests
+/// replicate for real).
+struct ExampleConnectors;
+
+#[async_trait]
+impl Protection for ExampleConnectors {
+    fn connectors(&self) -> Vec<String> {
+        vec!["vcenter-prod".into(), "vcenter-dr".into()]
+    }
+
+    async fn protect(&self, targets: &[Target]) -> Vec<Protected> {
+        targets
+            .iter()
+            .map(|t| Protected {
+                vm: t.vm.clone(),
+                result: Err(ProtectError::UnknownConnector(t.vm.connector.clone())),
+            })
+            .collect()
     }
 }
 
@@ -160,6 +183,7 @@ pub fn start(step_ms: u64) -> Server {
                 orchestrator,
                 Arc::new(readiness),
                 Arc::new(NoPlugins),
+                Arc::new(ExampleConnectors),
             ));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
