@@ -125,7 +125,7 @@ echo "reports: $demo/reports/readiness.html, $demo/reports/plan.html"
 
 step "Serve the API and dashboard; store the plan; check it through the API"
 api_port=$(free_port)
-"$haven" serve --listen "127.0.0.1:$api_port" &
+RUST_LOG=warn,haven=info "$haven" serve --listen "127.0.0.1:$api_port" &
 serve_pid=$!
 export HAVEN_SERVER="http://127.0.0.1:$api_port"
 for _ in $(seq 100); do curl -fs "$HAVEN_SERVER/api/v1/cluster" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -133,6 +133,10 @@ echo "dashboard: $HAVEN_SERVER/ (token: $HAVEN_HOME/admin-token)"
 "$haven" plan push "$plan"
 "$haven" plan readiness lab-shop
 "$haven" plan list
+echo "-- from now on the primary takes a point of every VM each 15 minutes (and one right now):"
+# shellcheck disable=SC2086
+"$haven" protect $vms --to lab-dr --repo "$demo/replicas" --every 15m
+"$haven" protect --list
 
 step "Drill: recover copies into the isolated dr-test network, smoke-test them, clean up"
 "$haven" run start lab-shop --mode test --watch | grep -E "step-(succeeded|failed)|execution" | tail -12

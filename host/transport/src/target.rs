@@ -793,7 +793,7 @@ async fn session<R: AsyncRead + Unpin>(
         // A writer failure (full disk, I/O) is the root cause of whatever the session saw.
         (_, Ok(Err(e))) => Err(e),
         (Ok(()), Ok(Ok(Some(meta)))) => {
-            tracing::info!(replica = name, point = meta.id, "pass committed");
+            // The event logs it.
             opts.events.emit(Event::Committed {
                 replica: name,
                 point: meta.id,
