@@ -78,6 +78,24 @@ impl TestHome {
         std::fs::write(self.home().instances_file(), instances_toml).expect("write instances.toml");
     }
 
+    /// Installs the lab plugin and configures instances `lab-prod` and
+    /// `lab-dr` for the lab at `url` (bearer `token`) whose directory, granted
+    /// to both as `lab`, is `lab_dir`.
+    pub fn configure_lab(&self, url: &str, token: &str, lab_dir: &Path) {
+        self.install("plugins/lab");
+        let mut instances = String::new();
+        for (name, site) in [("lab-prod", "prod"), ("lab-dr", "dr")] {
+            instances.push_str(&format!(
+                "[instances.{name}]\nplugin = \"lab\"\nallow_hosts = [\"127.0.0.1\"]\n\
+                 [instances.{name}.settings]\nendpoint = \"{url}\"\nsite = \"{site}\"\n\
+                 [instances.{name}.secrets]\ntoken = {{ value = \"{token}\" }}\n\
+                 [instances.{name}.dirs]\nlab = {:?}\n",
+                lab_dir.display().to_string()
+            ));
+        }
+        self.configure(&instances);
+    }
+
     /// A runtime over this home.
     pub fn runtime(&self) -> Runtime {
         Runtime::with_engine(self.engine.clone(), self.home(), None).expect("runtime opens")

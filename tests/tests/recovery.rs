@@ -53,18 +53,7 @@ impl World {
         tokio::spawn(api::serve(lab.clone(), listener, std::future::pending()));
 
         let home = TestHome::new();
-        home.install("plugins/lab");
-        let mut instances = String::new();
-        for (name, site) in [("lab-prod", "prod"), ("lab-dr", "dr")] {
-            instances.push_str(&format!(
-                "[instances.{name}]\nplugin = \"lab\"\nallow_hosts = [\"127.0.0.1\"]\n\
-                 [instances.{name}.settings]\nendpoint = \"{url}\"\nsite = \"{site}\"\n\
-                 [instances.{name}.secrets]\ntoken = {{ value = \"{TOKEN}\" }}\n\
-                 [instances.{name}.dirs]\nlab = {:?}\n",
-                lab_dir.path().display().to_string()
-            ));
-        }
-        home.configure(&instances);
+        home.configure_lab(&url, TOKEN, lab_dir.path());
         let runtime = Arc::new(home.runtime());
         let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
         for name in ["lab-prod", "lab-dr"] {

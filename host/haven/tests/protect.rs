@@ -104,19 +104,8 @@ fn protect_through_the_server_records_the_vms_and_stores_the_schedule() {
     rt.spawn(api::serve(lab.clone(), listener, std::future::pending()));
 
     let test_home = TestHome::new();
-    test_home.install("plugins/lab");
+    test_home.configure_lab(&lab_url, "t", lab_dir.path());
     let home = test_home.home().root().to_owned();
-    let mut instances = String::new();
-    for (name, site) in [("lab-prod", "prod"), ("lab-dr", "dr")] {
-        instances.push_str(&format!(
-            "[instances.{name}]\nplugin = \"lab\"\nallow_hosts = [\"127.0.0.1\"]\n\
-             [instances.{name}.settings]\nendpoint = \"{lab_url}\"\nsite = \"{site}\"\n\
-             [instances.{name}.secrets]\ntoken = {{ value = \"t\" }}\n\
-             [instances.{name}.dirs]\nlab = {:?}\n",
-            lab_dir.path().display().to_string()
-        ));
-    }
-    test_home.configure(&instances);
 
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
