@@ -8,7 +8,7 @@ use axum::Json;
 use haven_store::{Command, Outcome};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{self, AuditEntry, AUDIT};
+use crate::audit::{AuditEntry, AUDIT};
 use crate::auth::{self, NewToken, Permission, TokenRecord, TOKENS};
 use crate::error::{parse_json, ApiError};
 use crate::ApiState;
@@ -80,15 +80,7 @@ pub async fn create(
         Ok((StatusCode::CREATED, Json(created)).into_response())
     }
     .await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        "token.create",
-        &target,
-        result,
-    )
-    .await
+    state.audit(&caller, "token.create", &target, result).await
 }
 
 /// `GET /tokens`
@@ -140,15 +132,9 @@ pub async fn revoke(
         Ok(StatusCode::NO_CONTENT)
     }
     .await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        "token.revoke",
-        &format!("tokens/{id}"),
-        result,
-    )
-    .await
+    state
+        .audit(&caller, "token.revoke", &format!("tokens/{id}"), result)
+        .await
 }
 
 /// `GET /audit?after=N`: the audit log.

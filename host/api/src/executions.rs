@@ -16,7 +16,6 @@ use haven_engine::service::{ExecutionRecord, ExecutionView, JournalFollower};
 use haven_plan::Mode;
 use serde::Deserialize;
 
-use crate::audit;
 use crate::auth::{Caller, Permission};
 use crate::error::{parse_json, ApiError};
 use crate::plans;
@@ -98,15 +97,9 @@ pub async fn start(
         Ok((StatusCode::CREATED, Json(view)).into_response())
     }
     .await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        "execution.start",
-        &target,
-        result,
-    )
-    .await
+    state
+        .audit(&caller, "execution.start", &target, result)
+        .await
 }
 
 /// `GET /executions`
@@ -157,15 +150,9 @@ where
         Ok(Json(state.orchestrator().get(id)?))
     }
     .await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        action,
-        &format!("executions/{id}"),
-        result,
-    )
-    .await
+    state
+        .audit(&caller, action, &format!("executions/{id}"), result)
+        .await
 }
 
 /// `POST /executions/{id}/approve`

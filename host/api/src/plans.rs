@@ -16,7 +16,6 @@ use haven_plan::{is_valid_id, Issue, Plan};
 use haven_store::{Command, Outcome, Versioned};
 use serde::Serialize;
 
-use crate::audit;
 use crate::auth::{Caller, Permission};
 use crate::error::{parse_json, ApiError};
 use crate::readiness::{is_verified, last_report};
@@ -237,15 +236,9 @@ pub async fn put(
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers)?;
     let result = put_inner(&state, &caller, &id, &headers, &body).await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        "plan.put",
-        &format!("plans/{id}"),
-        result,
-    )
-    .await
+    state
+        .audit(&caller, "plan.put", &format!("plans/{id}"), result)
+        .await
 }
 
 async fn put_inner(
@@ -353,15 +346,9 @@ pub async fn delete(
         Ok(StatusCode::NO_CONTENT)
     }
     .await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        "plan.delete",
-        &format!("plans/{id}"),
-        result,
-    )
-    .await
+    state
+        .audit(&caller, "plan.delete", &format!("plans/{id}"), result)
+        .await
 }
 
 /// `POST /plans/{id}/diff`: the changes from the stored plan to the body's.

@@ -16,7 +16,6 @@ use haven_engine::protection::{self, Policy, PolicyError, Protected, Protector, 
 use haven_plan::{HumanDuration, VmRef};
 use serde::{Deserialize, Serialize};
 
-use crate::audit;
 use crate::auth::Permission;
 use crate::error::{parse_json, ApiError};
 use crate::ApiState;
@@ -221,15 +220,9 @@ pub async fn protect(
         }))
     }
     .await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        "replica.protect",
-        &target,
-        result,
-    )
-    .await
+    state
+        .audit(&caller, "replica.protect", &target, result)
+        .await
 }
 
 /// A stored schedule with its key.
@@ -277,13 +270,12 @@ pub async fn delete(
         }
     }
     .await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        "protection.delete",
-        &format!("protections/{key}"),
-        result,
-    )
-    .await
+    state
+        .audit(
+            &caller,
+            "protection.delete",
+            &format!("protections/{key}"),
+            result,
+        )
+        .await
 }

@@ -13,7 +13,6 @@ use haven_plan::Plan;
 use haven_store::Store;
 use serde::Serialize;
 
-use crate::audit;
 use crate::auth::Permission;
 use crate::error::ApiError;
 use crate::plans::load;
@@ -108,13 +107,7 @@ pub async fn run(
         }))
     }
     .await;
-    audit::record(
-        &*state.log(),
-        state.now_ms(),
-        &caller,
-        "plan.readiness",
-        &format!("plans/{id}"),
-        result,
-    )
-    .await
+    state
+        .audit(&caller, "plan.readiness", &format!("plans/{id}"), result)
+        .await
 }
