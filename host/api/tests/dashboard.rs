@@ -178,12 +178,24 @@ impl Browser {
 
     /// Waits until `css`'s text is `expected`.
     fn wait_text(&self, css: &str, expected: &str) {
+        self.wait_until(css, expected, |text| text == expected);
+    }
+
+    /// Waits until `css`'s text contains `needle`; returns the text.
+    fn wait_contains(&self, css: &str, needle: &str) -> String {
+        self.wait_until(css, needle, |text| text.contains(needle))
+    }
+
+    fn wait_until(&self, css: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.text(css) != expected {
+        loop {
+            let text = self.text(css);
+            if done(&text) {
+                return text;
+            }
             assert!(
                 Instant::now() < deadline,
-                "`{css}` shows {:?}, not {expected:?}",
-                self.text(css)
+                "`{css}` shows {text:?}, not {what:?}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -220,15 +232,15 @@ fn an_operator_starts_watches_and_approves_a_run_in_the_dashboard() {
     browser.wait_for("#timeline li[data-state=\"succeeded\"]");
     browser.click("#timeline li[data-state=\"awaiting-approval\"] button.approve");
     browser.wait_text("#exec-status", "succeeded");
+    // The status may arrive before the journal's last events do.
+    let journal = browser.wait_contains("#journal", "execution-finished");
+    assert!(journal.contains("approval-granted"), "{journal}");
     let states = browser.script(
         "return Array.from(document.querySelectorAll('#timeline li')).map(li => li.dataset.state)",
     );
     let states = states.as_array().unwrap();
     assert!(states.len() > 5);
     assert!(states.iter().all(|s| s == "succeeded"), "{states:?}");
-    let journal = browser.text("#journal");
-    assert!(journal.contains("approval-granted"), "{journal}");
-    assert!(journal.contains("execution-finished"), "{journal}");
 
     // The server agrees, and the approval is audited.
     let executions = s.get("/executions", &s.admin).json();
@@ -241,7 +253,7 @@ fn an_operator_starts_watches_and_approves_a_run_in_the_dashboard() {
     browser.wait_for("#timeline li[data-state=\"awaiting-approval\"] button.approve");
     browser.click("#exec-cancel");
     browser.wait_text("#exec-status", "cancelled");
-    assert!(browser.text("#journal").contains("cancel-requested"));
+    browser.wait_contains("#journal", "cancel-requested");
     let executions = s.get("/executions", &s.admin).json();
     assert_eq!(executions[0]["status"], "cancelled");
     assert_eq!(executions[1]["status"], "succeeded");
