@@ -6,16 +6,13 @@
 //!
 //! `HAVEN_TEST_SEED` picks other kill moments (the seed is printed).
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+mod lab_support;
+
 use std::time::{Duration, Instant};
 
 use haven_engine::Event;
-use haven_lab::requests::SeedRequest;
-use haven_lab::{api, Lab, LabConfig};
 use haven_store::Store;
-use haven_tests::TestHome;
+use lab_support::{free_port, haven, ok, LabSite, Serve};
 
 const PLAN: &str = r#"
 id = "resume"
@@ -56,50 +53,6 @@ timeout = "2m"
 const VMS: u32 = 6;
 const KILLS: usize = 3;
 
-fn haven(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_haven"))
-        .args(args)
-        .env("HAVEN_HOME", home)
-        .env("RUST_LOG", "off")
-        .env_remove("HAVEN_SERVER")
-        .env_remove("HAVEN_TOKEN")
-        .output()
-        .expect("haven runs")
-}
-
-fn ok(o: Output) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
-
-fn serve(home: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_haven"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("HAVEN_HOME", home)
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haven serve starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "haven serve did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn kill9(child: &mut Child) {
-    // SAFETY: signalling a child process we own.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
-}
-
 /// xorshift64*: kill moments reproducible from the seed.
 fn next(state: &mut u64) -> u64 {
     *state ^= *state >> 12;
@@ -117,38 +70,12 @@ fn a_killed_host_resumes_its_execution_without_running_a_step_twice() {
     println!("HAVEN_TEST_SEED={seed}");
     let mut rng = seed | 1;
 
-    // The lab outlives the host's deaths.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let lab_dir = tempfile::tempdir().unwrap();
-    let lab = rt.block_on(async {
-        let mut config = LabConfig::new(lab_dir.path(), "t");
-        config.op_delay_ms = 40;
-        config.boot_delay_ms = 300;
-        let lab = Lab::open(config).await.unwrap();
-        let seed: SeedRequest = serde_json::from_value(serde_json::json!({
-            "site": "prod", "count": VMS, "groups": 3, "power_on": true,
-        }))
-        .unwrap();
-        lab.seed(seed).await.unwrap();
-        lab
-    });
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let lab_url = format!("http://{}", listener.local_addr().unwrap());
-    rt.spawn(api::serve(lab.clone(), listener, std::future::pending()));
-
-    let test_home = TestHome::new();
-    test_home.configure_lab(&lab_url, "t", lab_dir.path());
-    let home = test_home.home().root().to_owned();
+    let site = LabSite::start(VMS, 3, 40, 300);
+    let (lab, home) = (&site.lab, site.home.clone());
 
     let mut protect = vec!["protect".to_owned()];
-    for vm in lab.vms(Some("prod")).unwrap() {
-        protect.extend(["--vm".to_owned(), format!("lab-prod/{}", vm.vm.name)]);
+    for name in site.vm_names("prod") {
+        protect.extend(["--vm".to_owned(), format!("lab-prod/{name}")]);
     }
     let repo = home.join("replicas");
     protect.extend(["--to", "lab-dr", "--repo", repo.to_str().unwrap()].map(String::from));
@@ -160,13 +87,9 @@ fn a_killed_host_resumes_its_execution_without_running_a_step_twice() {
     std::fs::write(&plan, PLAN).unwrap();
     ok(haven(&home, &["plan", "push", plan.to_str().unwrap()]));
 
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let server = format!("http://127.0.0.1:{port}");
-    let mut host = serve(&home, port);
+    let mut host = Serve::start(&home, port);
     ok(haven(
         &home,
         &[
@@ -183,8 +106,8 @@ fn a_killed_host_resumes_its_execution_without_running_a_step_twice() {
 
     for _ in 0..KILLS {
         std::thread::sleep(Duration::from_millis(150 + next(&mut rng) % 900));
-        kill9(&mut host);
-        host = serve(&home, port);
+        host.kill9();
+        host = Serve::start(&home, port);
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -199,8 +122,7 @@ fn a_killed_host_resumes_its_execution_without_running_a_step_twice() {
         assert!(Instant::now() < deadline, "not finished: {shown}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    host.kill().unwrap();
-    host.wait().unwrap();
+    drop(host);
 
     let store = Store::open(&home.join("state.redb")).unwrap();
     let events: Vec<Event> = store
