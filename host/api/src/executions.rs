@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::auth::{Caller, Permission};
 use crate::error::{parse_json, ApiError};
+use crate::format::FormatQuery;
 use crate::plans;
 use crate::ApiState;
 
@@ -51,13 +52,6 @@ pub struct ListQuery {
 pub struct EventsQuery {
     /// Resume after this journal sequence number (also `Last-Event-ID`).
     pub after: Option<String>,
-}
-
-/// `GET /executions/{id}/report` query.
-#[derive(Debug, Deserialize)]
-pub struct ReportQuery {
-    /// `json` (default) or `html`.
-    pub format: Option<String>,
 }
 
 /// The record of an execution the caller may see, or 404.
@@ -277,7 +271,7 @@ pub async fn report(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Query(query): Query<ReportQuery>,
+    Query(query): Query<FormatQuery>,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers)?;
     let record = visible(&state, &caller, &id)?;
@@ -287,20 +281,7 @@ pub async fn report(
         &record.graph,
         record.rto_target_ms,
     )?;
-    let html = match query.format.as_deref() {
-        Some("html") => true,
-        Some("json") | None => headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/html")),
-        Some(other) => {
-            return Err(
-                ApiError::bad_request(format!("format `{other}`: use `json` or `html`"))
-                    .field("format"),
-            )
-        }
-    };
-    Ok(if html {
+    Ok(if query.wants_html(&headers)? {
         Html(to_html(&report)).into_response()
     } else {
         Json(report).into_response()

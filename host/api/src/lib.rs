@@ -27,6 +27,7 @@ pub mod dashboard;
 pub mod error;
 pub mod executions;
 pub mod follower;
+pub mod format;
 pub mod inventory;
 pub mod openapi;
 pub mod plans;

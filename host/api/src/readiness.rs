@@ -5,8 +5,9 @@
 //! version, so any edit marks it unverified.
 
 use async_trait::async_trait;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use haven_engine::readiness::{self, ReadinessChecker, ReadinessOptions, ReadinessReport};
 use haven_plan::Plan;
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::auth::Permission;
 use crate::error::ApiError;
+use crate::format::FormatQuery;
 use crate::plans::load;
 use crate::ApiState;
 
@@ -73,14 +75,24 @@ pub async fn last(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<ReadinessAnswer>, ApiError> {
+    Query(query): Query<FormatQuery>,
+) -> Result<Response, ApiError> {
     let caller = state.caller(&headers)?;
     let plan = load(&state, &caller, &id)?;
     let last = last_report(state.log().store(), &id)?;
+    if query.wants_html(&headers)? {
+        let report = last.ok_or_else(|| {
+            ApiError::not_found(format!(
+                "plan {id} has no readiness check yet; run one with POST /plans/{id}/readiness"
+            ))
+        })?;
+        return Ok(Html(readiness::to_html(&report)).into_response());
+    }
     Ok(Json(ReadinessAnswer {
         verified: is_verified(last.as_ref(), plan.version),
         last,
-    }))
+    })
+    .into_response())
 }
 
 /// `POST /plans/{id}/readiness`: runs a check now and stores it.

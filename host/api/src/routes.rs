@@ -89,7 +89,7 @@ pub fn table() -> Vec<Route> {
         route(M::PUT, "/plans/{id}", "Create or replace a plan. `If-Match: \"<version>\"` refuses the write (412) if the plan changed since it was read. Any edit marks the plan unverified.", Role("author"), Body::Plan, &[], "id, version, digest, warnings", put(plans::put)),
         route(M::DELETE, "/plans/{id}", "Delete a plan (`If-Match` optional).", Role("author"), Body::None, &[], "204", delete(plans::delete)),
         route(M::POST, "/plans/{id}/diff", "Changes from the stored plan to the body's plan.", Read, Body::Plan, &[], "version, changes, text", post(plans::diff)),
-        route(M::GET, "/plans/{id}/readiness", "The last readiness check and whether it still applies to the plan as it is now.", Read, Body::None, &[], "verified, last", get(readiness::last)),
+        route(M::GET, "/plans/{id}/readiness", "The last readiness check and whether it still applies to the plan as it is now; `format=html` (or `Accept: text/html`) gives the printable report.", Read, Body::None, &["format: json (default) or html"], "verified, last; or the HTML report", get(readiness::last)),
         route(M::POST, "/plans/{id}/readiness", "Run a readiness check now and store the result.", Role("author or operator"), Body::None, &[], "verified, last", post(readiness::run)),
         route(M::POST, "/executions", "Start an execution of a plan in a mode.", Role("operator"), Body::Json(&["plan: string", "mode: test|failover|migration|failback|undo"]), &[], "201, the execution", post(executions::start)),
         route(M::GET, "/executions", "Executions in the caller's plan sets, newest first.", Read, Body::None, &["plan: only this plan's executions"], "array of executions", get(executions::list)),

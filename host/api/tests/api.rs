@@ -592,6 +592,14 @@ fn any_edit_marks_a_verified_plan_unverified() {
             .status,
         201
     );
+    // Never checked: there is no printable report yet.
+    let none = s.get("/plans/x/readiness?format=html", &s.admin);
+    assert_eq!(none.status, 404, "{}", none.text);
+    assert!(
+        none.text.contains("POST /plans/x/readiness"),
+        "{}",
+        none.text
+    );
     // The readiness check runs for real: with no connector configured the
     // plan is not ready, and the problem names the plan field.
     let a = s.call("POST", "/plans/x/readiness", Some(&s.admin), &[], None);
@@ -602,6 +610,18 @@ fn any_edit_marks_a_verified_plan_unverified() {
         !body["last"]["problems"].as_array().unwrap().is_empty(),
         "{body}"
     );
+    // The same report, printable.
+    let html = s.get("/plans/x/readiness?format=html", &s.admin);
+    assert_eq!(html.status, 200);
+    let first_problem = body["last"]["problems"][0]["path"].as_str().unwrap();
+    assert!(
+        html.text.starts_with("<!doctype html>") && html.text.contains(first_problem),
+        "{}",
+        html.text
+    );
+    let bad = s.get("/plans/x/readiness?format=pdf", &s.admin);
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["field"], "format");
 
     // A passing report for version 1 (as a check against live connectors
     // would record it) verifies the plan ...
