@@ -436,7 +436,7 @@ impl Executor {
             let mut journal = Vec::new();
             let mut next = Some(joined);
             while let Some(joined) = next {
-                let attempt = self.settle(joined, &mut spawned);
+                let attempt = settle(joined, &mut spawned);
                 let i = attempt.step;
                 in_flight.remove(&i);
                 if record(&graph, &mut states, &mut journal, attempt, execution) && !stopping {
@@ -471,30 +471,29 @@ impl Executor {
         self.append_all(execution, &journal).await?;
         Ok(outcome)
     }
+}
 
-    /// The attempt a finished task carried; a runner that panicked fails its
-    /// attempt and the executor goes on.
-    fn settle(
-        &self,
-        joined: Result<(tokio::task::Id, Attempt), tokio::task::JoinError>,
-        spawned: &mut HashMap<tokio::task::Id, (usize, u32)>,
-    ) -> Attempt {
-        match joined {
-            Ok((id, attempt)) => {
-                spawned.remove(&id);
-                attempt
-            }
-            Err(error) => {
-                let (step, attempt) = spawned
-                    .remove(&error.id())
-                    .expect("every task is registered");
-                Attempt {
-                    step,
-                    attempt,
-                    result: Err(StepFailure::permanent(format!(
-                        "the step runner crashed: {error}"
-                    ))),
-                }
+/// The attempt a finished task carried; a runner that panicked fails its
+/// attempt and the executor goes on.
+fn settle(
+    joined: Result<(tokio::task::Id, Attempt), tokio::task::JoinError>,
+    spawned: &mut HashMap<tokio::task::Id, (usize, u32)>,
+) -> Attempt {
+    match joined {
+        Ok((id, attempt)) => {
+            spawned.remove(&id);
+            attempt
+        }
+        Err(error) => {
+            let (step, attempt) = spawned
+                .remove(&error.id())
+                .expect("every task is registered");
+            Attempt {
+                step,
+                attempt,
+                result: Err(StepFailure::permanent(format!(
+                    "the step runner crashed: {error}"
+                ))),
             }
         }
     }
