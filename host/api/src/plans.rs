@@ -1,16 +1,20 @@
 //! `/plans`: plans as code through the API — list, read (JSON or TOML),
-//! write with `If-Match` versions, delete, diff and validate.
+//! write with `If-Match` versions, delete, diff, validate, and the
+//! plan-definition report.
 //!
 //! The stored form is the canonical TOML ([`PlanRecord`]), so what `GET`
 //! returns as TOML is exactly what `haven plan fmt` would write. A plan with
 //! verification errors is refused (422, naming the field); warnings are
 //! returned with the write.
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
+use haven_engine::report;
 use haven_engine::service::{PlanRecord, PLANS};
 use haven_plan::{is_valid_id, Issue, Plan};
 use haven_store::{Command, Outcome, Versioned};
@@ -18,6 +22,7 @@ use serde::Serialize;
 
 use crate::auth::{Caller, Permission};
 use crate::error::{parse_json, ApiError};
+use crate::format::FormatQuery;
 use crate::readiness::{is_verified, last_report};
 use crate::ApiState;
 
@@ -368,6 +373,35 @@ pub async fn diff(
         text: changes.to_string(),
         changes,
     }))
+}
+
+/// `GET /plans/{id}/definition`: the plan-definition report — groups in
+/// recovery order with the VMs they hold now, steps per mode, targets,
+/// networks — as JSON or printable HTML. Groups that cannot be resolved right
+/// now (a connector is down) are listed by their selectors alone.
+pub async fn definition(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<FormatQuery>,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers)?;
+    let html = query.wants_html(&headers)?;
+    let plan = load(&state, &caller, &id)?.value.plan()?;
+    let resolved = state
+        .orchestrator()
+        .resolve(&plan)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::info!(plan = %id, "plan definition without VMs: {e}");
+            BTreeMap::new()
+        });
+    let definition = report::plan_definition(&plan, &resolved);
+    Ok(if html {
+        Html(report::plan_definition_html(&definition)).into_response()
+    } else {
+        Json(definition).into_response()
+    })
 }
 
 /// `POST /plans/validate`: parses and verifies the body's plan; stores nothing.

@@ -648,6 +648,35 @@ fn any_edit_marks_a_verified_plan_unverified() {
 }
 
 #[test]
+fn the_plan_definition_report_lists_groups_in_order_with_their_vms() {
+    let s = start(10);
+    assert_eq!(s.put_plan(SHOP_ID, &s.admin, SHOP, None).status, 201);
+    let d = s
+        .get(&format!("/plans/{SHOP_ID}/definition"), &s.admin)
+        .json();
+    let groups: Vec<&str> = d["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["db", "app", "web"], "{d}");
+    let app = &d["groups"][1]["resolved"];
+    assert!(app.to_string().contains("app-01"), "{app}");
+    let html = s.get(
+        &format!("/plans/{SHOP_ID}/definition?format=html"),
+        &s.admin,
+    );
+    assert_eq!(html.status, 200);
+    assert!(
+        html.text.starts_with("<!doctype html>") && html.text.contains("app-02"),
+        "{}",
+        html.text
+    );
+    assert_eq!(s.get("/plans/nope/definition", &s.admin).status, 404);
+}
+
+#[test]
 fn the_openapi_document_covers_every_route_and_every_route_is_served() {
     let s = start(10);
     let doc = s.call("GET", "/openapi.json", None, &[], None).json();

@@ -11,12 +11,12 @@
 //! document `executions/<id>` per execution ([`ExecutionRecord`], with the
 //! compiled graph it runs) and the journal stream `journal/<id>`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use haven_plan::{ExecutionGraph, Mode, Plan, PlanError};
+use haven_plan::{ExecutionGraph, GroupId, Mode, Plan, PlanError, VmRef};
 use haven_store::{Applied, Command, CommandLog, CommitError, Outcome, Role, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -339,6 +339,14 @@ impl Orchestrator {
             clock,
             drivers: Arc::default(),
         })
+    }
+
+    /// The VMs each group of `plan` holds now (as a run would resolve them).
+    pub async fn resolve(
+        &self,
+        plan: &Plan,
+    ) -> Result<BTreeMap<GroupId, Vec<VmRef>>, ResolveError> {
+        self.resolver.resolve(plan).await
     }
 
     /// The store, for reads.
