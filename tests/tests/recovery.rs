@@ -23,6 +23,7 @@ use haven_lab::requests::{CreateVm, FailFault};
 use haven_lab::{api, Lab, LabConfig};
 use haven_plan::{Action, Mode, Plan};
 use haven_plugin_runtime::PluginConnector;
+use haven_store::testing::SwitchableLog;
 use haven_store::{CommandLog, LocalLog, Store};
 use haven_tests::TestHome;
 use serde_json::json;
@@ -722,34 +723,6 @@ async fn a_failed_drill_still_cleans_up_everything() {
     assert!(w.images().is_empty(), "{:?}", w.images());
 }
 
-/// The embedded log over the world's store with a role the test sets, as
-/// the HA cluster would (a follower's commits are refused).
-struct SwitchableLog {
-    local: LocalLog,
-    role: tokio::sync::watch::Sender<haven_store::Role>,
-}
-
-#[async_trait::async_trait]
-impl CommandLog for SwitchableLog {
-    async fn commit(
-        &self,
-        commands: Vec<haven_store::Command>,
-    ) -> Result<Vec<haven_store::Applied>, haven_store::CommitError> {
-        if let haven_store::Role::Follower { primary } = self.role.borrow().clone() {
-            return Err(haven_store::CommitError::NotPrimary { primary });
-        }
-        self.local.commit(commands).await
-    }
-
-    fn store(&self) -> &Arc<Store> {
-        self.local.store()
-    }
-
-    fn role(&self) -> tokio::sync::watch::Receiver<haven_store::Role> {
-        self.role.subscribe()
-    }
-}
-
 fn target(world: &World, vm: &str) -> Target {
     Target {
         vm: haven_plan::VmRef {
@@ -837,10 +810,10 @@ async fn a_due_schedule_runs_on_the_primary_only_and_skips_stopped_vms() {
         .await
         .unwrap();
 
-    let log = Arc::new(SwitchableLog {
-        local: LocalLog::new(world.log.store().clone()),
-        role: tokio::sync::watch::Sender::new(haven_store::Role::Follower { primary: None }),
-    });
+    let log = Arc::new(SwitchableLog::new(
+        world.log.store().clone(),
+        haven_store::Role::Follower { primary: None },
+    ));
     let protector = Arc::new(
         Protector::new(
             log.clone(),

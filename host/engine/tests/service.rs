@@ -13,8 +13,8 @@ use haven_engine::service::{ExecutionStatus, Orchestrator, OrchestratorError, Pl
 use haven_engine::simulate::{Faults, SimulatedRunner};
 use haven_engine::{Event, ExecutionOutcome, Executor, StepState};
 use haven_plan::{GroupId, Mode, Origin, Plan, VmRef};
-use haven_store::{Applied, Command, CommandLog, CommitError, LocalLog, Role, Store};
-use tokio::sync::watch;
+use haven_store::testing::SwitchableLog;
+use haven_store::{Command, CommandLog, LocalLog, Role, Store};
 
 const PLAN: &str = include_str!("../../plan/examples/three-tier.toml");
 const PLAN_ID: &str = "shop-three-tier";
@@ -37,31 +37,6 @@ impl Resolver for ExampleInventory {
     }
 }
 
-/// The embedded log with a role the test switches, as the HA cluster would:
-/// a follower refuses writes.
-struct SwitchableLog {
-    local: LocalLog,
-    role: watch::Sender<Role>,
-}
-
-#[async_trait]
-impl CommandLog for SwitchableLog {
-    async fn commit(&self, commands: Vec<Command>) -> Result<Vec<Applied>, CommitError> {
-        if let Role::Follower { primary } = self.role.borrow().clone() {
-            return Err(CommitError::NotPrimary { primary });
-        }
-        self.local.commit(commands).await
-    }
-
-    fn store(&self) -> &Arc<Store> {
-        self.local.store()
-    }
-
-    fn role(&self) -> watch::Receiver<Role> {
-        self.role.subscribe()
-    }
-}
-
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -79,10 +54,7 @@ struct Fixture {
 async fn fixture(faults: Faults) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("state.redb")).unwrap());
-    let log = Arc::new(SwitchableLog {
-        local: LocalLog::new(store),
-        role: watch::Sender::new(Role::Primary { term: 1 }),
-    });
+    let log = Arc::new(SwitchableLog::new(store, Role::Primary { term: 1 }));
     let plan = Plan::from_toml(PLAN).unwrap();
     log.commit(vec![Command::Put {
         collection: PLANS.into(),

@@ -23,6 +23,8 @@ mod error;
 mod log;
 mod replica;
 mod store;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 pub use command::{Applied, Command, Outcome};
 pub use error::StoreError;

@@ -16,9 +16,9 @@ use haven_engine::resolve::{ResolveError, Resolver};
 use haven_engine::service::Orchestrator;
 use haven_engine::simulate::{Faults, SimulatedRunner};
 use haven_plan::{GroupId, Plan, VmRef};
-use haven_store::{Applied, Command, CommandLog, CommitError, LocalLog, Role, Store};
+use haven_store::testing::SwitchableLog;
+use haven_store::{CommandLog, Role, Store};
 use serde_json::Value;
-use tokio::sync::watch;
 use ureq::http::{Request, Response};
 
 /// The example three-tier plan (set `ecommerce`).
@@ -95,31 +95,6 @@ impl Protection for ExampleConnectors {
     }
 }
 
-/// The embedded log with a role the test sets, as the HA cluster would.
-pub struct SwitchableLog {
-    local: LocalLog,
-    /// The role; set it to make the node a follower.
-    pub role: watch::Sender<Role>,
-}
-
-#[async_trait]
-impl CommandLog for SwitchableLog {
-    async fn commit(&self, commands: Vec<Command>) -> Result<Vec<Applied>, CommitError> {
-        if let Role::Follower { primary } = self.role.borrow().clone() {
-            return Err(CommitError::NotPrimary { primary });
-        }
-        self.local.commit(commands).await
-    }
-
-    fn store(&self) -> &Arc<Store> {
-        self.local.store()
-    }
-
-    fn role(&self) -> watch::Receiver<Role> {
-        self.role.subscribe()
-    }
-}
-
 /// A running server.
 pub struct Server {
     /// `http://127.0.0.1:<port>`.
@@ -149,10 +124,7 @@ impl Drop for Server {
 pub fn start(step_ms: u64) -> Server {
     let home = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&home.path().join("state.redb")).unwrap());
-    let log = Arc::new(SwitchableLog {
-        local: LocalLog::new(store),
-        role: watch::Sender::new(Role::Primary { term: 1 }),
-    });
+    let log = Arc::new(SwitchableLog::new(store, Role::Primary { term: 1 }));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let (log2, home_path) = (log.clone(), home.path().to_owned());
